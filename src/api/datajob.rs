@@ -1,0 +1,339 @@
+//! The `DataJob` custom resource: what a user asks for (spec) and what the operator records
+//! (status). The CEL rules here are the API server's half of the contract: immutability, the
+//! one-way cancel flag and the per-type required fields are enforced before the operator sees
+//! an object.
+
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::condition::Condition;
+use super::ClusterType;
+
+/// Longest accepted `spec.input.nql`, in characters (256 KiB).
+pub const MAX_NQL_LENGTH: usize = 256 * 1024;
+/// Longest accepted `spec.cancelReason`, in characters.
+pub const MAX_CANCEL_REASON_LENGTH: usize = 1024;
+/// Worker pods of a dedicated cluster when `spec.executor.workers` is not set.
+pub const DEFAULT_WORKERS: i32 = 2;
+/// Most worker pods a dedicated cluster may ask for.
+pub const MAX_WORKERS: i32 = 64;
+/// Grace period given to executor pods when `spec.executor.terminationGracePeriodSeconds` is unset.
+pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+
+/// A data job: a materialized view or an NQL forecast, run by executor pods on a data plane.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "datajob.dev",
+    version = "v1alpha1",
+    kind = "DataJob",
+    plural = "datajobs",
+    shortname = "dj",
+    category = "datajob",
+    namespaced,
+    status = "DataJobStatus",
+    derive = "PartialEq",
+    doc = "A data job (materialize-view or nql-forecast) that the datajob-operator runs on executor pods and can cancel on request.",
+    selectable = ".spec.dataPlane",
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state", description = "Lifecycle state of the job"),
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type", description = "Kind of data job"),
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".status.clusterType", description = "Executor cluster type the job runs on"),
+    printcolumn(name = "Pool", type_ = "string", json_path = ".spec.computePool", description = "Compute pool of the job"),
+    printcolumn(name = "Data plane", type_ = "string", json_path = ".spec.dataPlane", description = "Data plane the job runs on"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type != 'materialize-view' || has(self.input.datasetId)").message("spec.input.datasetId is required for materialize-view jobs"))]
+#[x_kube(validation = Rule::new("self.type == oldSelf.type").message("spec.type is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
+#[x_kube(validation = Rule::new("self.input == oldSelf.input").message("spec.input is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
+#[x_kube(validation = Rule::new("self.dataPlane == oldSelf.dataPlane").message("spec.dataPlane is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
+#[x_kube(validation = Rule::new("has(self.computePool) == has(oldSelf.computePool) && (!has(self.computePool) || self.computePool == oldSelf.computePool)").message("spec.computePool is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
+#[x_kube(validation = Rule::new("has(self.clusterType) == has(oldSelf.clusterType) && (!has(self.clusterType) || self.clusterType == oldSelf.clusterType)").message("spec.clusterType is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
+#[x_kube(validation = Rule::new("has(self.executor) == has(oldSelf.executor) && (!has(self.executor) || self.executor == oldSelf.executor)").message("spec.executor is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
+#[x_kube(validation = Rule::new("has(self.activeDeadlineSeconds) == has(oldSelf.activeDeadlineSeconds) && (!has(self.activeDeadlineSeconds) || self.activeDeadlineSeconds == oldSelf.activeDeadlineSeconds)").message("spec.activeDeadlineSeconds is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
+#[x_kube(validation = Rule::new("!(has(oldSelf.cancel) && oldSelf.cancel) || (has(self.cancel) && self.cancel)").message("cancellation cannot be withdrawn; delete the DataJob instead"))]
+#[x_kube(validation = Rule::new("!has(self.executor) || !has(self.executor.workers) || !has(self.clusterType) || self.clusterType == 'dedicated'").message("spec.executor.workers applies to dedicated clusters only; remove it or set spec.clusterType to dedicated"))]
+pub struct DataJobSpec {
+    /// Kind of data job: `materialize-view` builds a dataset snapshot, `nql-forecast` computes a
+    /// forecast. Immutable.
+    #[serde(rename = "type")]
+    pub job_type: JobType,
+
+    /// The job's query and dataset. Immutable.
+    pub input: JobInput,
+
+    /// The data plane the job runs on (a DNS-1123 label). Immutable; selectable with
+    /// `--field-selector spec.dataPlane=NAME`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub data_plane: String,
+
+    /// Name of the ComputePool the job runs in. When set and the pool does not exist yet, the
+    /// job waits in `pending` until it appears. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub compute_pool: Option<String>,
+
+    /// Executor cluster type: `dedicated` (own driver and workers, no node shared with other
+    /// jobs) or `shared` (one pod packed with other jobs). Defaults to the pool's type, else
+    /// `shared`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_type: Option<ClusterType>,
+
+    /// Executor overrides (image, resources, workers, grace period, environment). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorSpec>,
+
+    /// Set to true to request cancellation. One-way: it cannot be set back to false.
+    #[serde(default)]
+    pub cancel: bool,
+
+    /// Why the job is cancelled; recorded in status.cancellation and in events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub cancel_reason: Option<String>,
+
+    /// A job running longer than this many seconds fails with reason `DeadlineExceeded`.
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+
+    /// A finished DataJob is deleted this many seconds after it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+}
+
+/// Kind of data job.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobType {
+    /// Builds a dataset snapshot from an NQL materialized view.
+    MaterializeView,
+    /// Computes a forecast from an NQL query.
+    NqlForecast,
+}
+
+impl JobType {
+    /// The name used on the wire and in the executor environment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::MaterializeView => "materialize-view",
+            JobType::NqlForecast => "nql-forecast",
+        }
+    }
+}
+
+impl fmt::Display for JobType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The job's query and the dataset it works on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobInput {
+    /// The NQL statement to run (non-empty, at most 256 KiB).
+    #[schemars(length(min = 1, max = 262144))]
+    pub nql: String,
+
+    /// The SQL the NQL compiled to, when already known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    pub compiled_sql: Option<String>,
+
+    /// The dataset the job reads or materializes; required for `materialize-view`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub dataset_id: Option<i64>,
+
+    /// Whether the executor collects statistics while running.
+    #[serde(default)]
+    pub stats_enabled: bool,
+}
+
+/// Per-job executor settings; unset fields fall back to the pool's defaults, then the
+/// operator's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutorSpec {
+    /// Container image of the executor pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Compute resources of each executor container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Worker pods beside the driver (dedicated clusters only; default 2, 0 to 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 64))]
+    pub workers: Option<i32>,
+
+    /// Seconds each executor pod gets between SIGTERM and SIGKILL on teardown (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub termination_grace_period_seconds: Option<i64>,
+
+    /// Extra environment variables for the executor containers (the DATAJOB_* contract
+    /// variables cannot be overridden).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+/// Lifecycle state of a DataJob.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Accepted; waiting for room in the pool or for the driver to run.
+    Pending,
+    /// The driver is running.
+    Running,
+    /// Cancellation was requested; executor pods are being torn down.
+    PendingCancellation,
+    /// Cancelled; every executor pod is gone. Terminal.
+    Cancelled,
+    /// The driver succeeded and its result is recorded. Terminal.
+    Completed,
+    /// The job failed; see failures. Terminal.
+    Failed,
+}
+
+impl JobState {
+    /// Whether the state is final: nothing changes it any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Cancelled | JobState::Completed | JobState::Failed
+        )
+    }
+
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::PendingCancellation => "pending_cancellation",
+            JobState::Cancelled => "cancelled",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the operator observed and decided about a DataJob.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataJobStatus {
+    /// Lifecycle state: pending, running, pending_cancellation, cancelled, completed or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+
+    /// The job's unique id (the object's uid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+
+    /// Name of the job's executor; recorded before any executor pod is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
+
+    /// The executor cluster type the job resolved to (from the spec, the pool, or `shared`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_type: Option<ClusterType>,
+
+    /// Causes of job failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<JobFailure>,
+
+    /// The driver's result: dataset snapshot for materialize-view, forecast for nql-forecast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+
+    /// When the operator first saw the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Time>,
+
+    /// When the status last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Time>,
+
+    /// When the driver started running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When the job reached a terminal state (completed, cancelled or failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+
+    /// The cancellation request, once the operator saw one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<Cancellation>,
+
+    /// Number of the job's executor pods that still exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_executors: Option<i32>,
+
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, Reconciling, Stalled (kstatus) and Complete, Failed, Cancelled,
+    /// CancellationRequested.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// One cause of a job failure.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobFailure {
+    /// Machine-readable cause, for example DriverFailed, ExecutorLost, Evicted, InvalidResult,
+    /// DeadlineExceeded.
+    pub reason: String,
+    /// What happened and what to do about it.
+    pub message: String,
+    /// When the failure was recorded.
+    pub time: Time,
+}
+
+/// The recorded cancellation request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Cancellation {
+    /// When the operator first saw `spec.cancel: true`.
+    pub requested_at: Time,
+    /// The request's `spec.cancelReason`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The driver's result, read from its termination message.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    /// materialize-view: the dataset that was materialized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_id: Option<i64>,
+    /// materialize-view: the snapshot the job produced (64-bit, kept exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<i64>,
+    /// materialize-view: the recalculation that produced the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recalculation_id: Option<String>,
+    /// nql-forecast: the forecast, as the driver wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::free_form_object")]
+    pub forecast: Option<serde_json::Map<String, serde_json::Value>>,
+}

@@ -1,0 +1,15 @@
+//! datajob-operator: runs `DataJob`s on executor pods and cancels them on request.
+//!
+//! The crate is a library with a thin binary. [`api`] holds the custom resources,
+//! [`executor`] the executor pod templates and the contract with the executor image,
+//! [`reconcile`] the controller (observe -> decide -> apply -> status), [`telemetry`] logs and
+//! metrics, and [`http`] the metrics and health endpoints.
+
+pub mod api;
+pub mod executor;
+pub mod http;
+pub mod reconcile;
+pub mod telemetry;
+
+/// Name of the operator: field manager of everything it writes, Event reporter, label value.
+pub const OPERATOR_NAME: &str = "datajob-operator";

@@ -1,0 +1,118 @@
+//! The datajob-operator binary: flags and wiring only.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand};
+use datajob_operator::telemetry::{self, LogFormat, Metrics};
+use datajob_operator::{api, http, reconcile};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "datajob-operator", version, about = "Runs and cancels DataJobs on Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+    /// Run the controller (the default).
+    Run,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Namespace to watch; all namespaces when unset.
+    #[arg(long, env = "DATAJOB_NAMESPACE")]
+    namespace: Option<String>,
+    /// Only reconcile DataJobs of this data plane.
+    #[arg(long, env = "DATAJOB_DATA_PLANE")]
+    data_plane: Option<String>,
+    /// Executor image when neither the job nor its pool sets one.
+    #[arg(long, env = "DATAJOB_EXECUTOR_IMAGE", default_value = "ghcr.io/datajob-dev/executor:0.1.0")]
+    executor_image: String,
+    /// Log format.
+    #[arg(long, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Reconciles running at once.
+    #[arg(long, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+    /// Address of the /metrics, /healthz and /readyz endpoints (port 0 picks a free one).
+    #[arg(long, env = "DATAJOB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// This instance's name in events (for example the pod name).
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => print_crds(),
+        Some(Command::Run) | None => run(cli.run).await,
+    }
+}
+
+fn print_crds() -> ExitCode {
+    match api::crds_yaml() {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("failed to render the CRDs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    telemetry::init_logging(args.log_format);
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            error!(error = %e, "failed to build a Kubernetes client (kubeconfig or in-cluster config)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = http::Health {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    };
+    let server = match http::serve(args.http_addr, health).await {
+        Ok((addr, server)) => {
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+            server
+        }
+        Err(e) => {
+            error!(addr = %args.http_addr, error = %e, "failed to bind the HTTP endpoints");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "HTTP endpoints stopped");
+        }
+    });
+    let config = reconcile::Config {
+        namespace: args.namespace,
+        data_plane: args.data_plane,
+        executor_image: args.executor_image,
+        concurrency: args.concurrency,
+        instance: args.instance,
+    };
+    info!(namespace = ?config.namespace, data_plane = ?config.data_plane, "starting the DataJob controller");
+    reconcile::run(client, config, metrics, move || ready.store(true, Ordering::Relaxed)).await;
+    info!("controller stopped");
+    ExitCode::SUCCESS
+}
