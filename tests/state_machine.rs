@@ -1,0 +1,620 @@
+//! The DataJob state machine (DESIGN section 3) as executable rules: one test per row of the
+//! state table, then property tests over random sequences of observations. No cluster needed:
+//! `decide` is pure.
+
+use std::time::Duration;
+
+use datajob_operator::api::{
+    ClusterType, DataJobSpec, DataJobStatus, ExecutorSpec, JobInput, JobState, JobType,
+};
+use datajob_operator::executor::{self, Role};
+use datajob_operator::reconcile::decide::{
+    ObservedPod, Observation, Plan, PodPhase, PoolView, Termination, decide,
+};
+use jiff::Timestamp;
+use proptest::prelude::*;
+
+const UID: &str = "0f1e2d3c-aaaa-bbbb-cccc-000000000001";
+const RESULT: &str = r#"{"datasetId": 6404, "snapshotId": 739881302291276700, "recalculationId": "abf9a2ec-426b-4751-bd16-fcb435061925"}"#;
+
+fn spec(cluster_type: ClusterType) -> DataJobSpec {
+    DataJobSpec {
+        job_type: JobType::MaterializeView,
+        input: JobInput {
+            nql: "SELECT 1".to_string(),
+            compiled_sql: None,
+            dataset_id: Some(6404),
+            stats_enabled: false,
+        },
+        data_plane: "dp-1".to_string(),
+        compute_pool: None,
+        cluster_type: Some(cluster_type),
+        executor: Some(ExecutorSpec {
+            workers: (cluster_type == ClusterType::Dedicated).then_some(2),
+            ..ExecutorSpec::default()
+        }),
+        cancel: false,
+        cancel_reason: None,
+        active_deadline_seconds: None,
+        ttl_seconds_after_finished: None,
+    }
+}
+
+/// A job fixture that is driven through observations, as the controller would.
+#[derive(Clone, Debug)]
+struct Job {
+    obs: Observation,
+}
+
+impl Job {
+    fn new(cluster_type: ClusterType) -> Self {
+        Job {
+            obs: Observation {
+                now: Timestamp::from_second(1_800_000_000).expect("valid time"),
+                name: "report".to_string(),
+                uid: UID.to_string(),
+                generation: 1,
+                spec: spec(cluster_type),
+                status: DataJobStatus::default(),
+                pods: Vec::new(),
+                pool: PoolView::NotRequested,
+            },
+        }
+    }
+
+    fn executor(&self) -> String {
+        executor::executor_name(&self.obs.name, &self.obs.uid)
+    }
+
+    fn state(&self) -> Option<JobState> {
+        self.obs.status.state
+    }
+
+    /// Decides and records the status, as apply would; returns the plan.
+    fn step(&mut self) -> Plan {
+        let plan = decide(&self.obs);
+        self.obs.status = plan.status.clone();
+        plan
+    }
+
+    /// Decides, records the status and carries out pod creations (pods appear Pending) and
+    /// deletions (pods start terminating).
+    fn step_and_apply(&mut self) -> Plan {
+        let plan = self.step();
+        for name in &plan.delete {
+            if let Some(pod) = self.obs.pods.iter_mut().find(|p| &p.name == name) {
+                pod.terminating = true;
+            }
+        }
+        for slot in &plan.create {
+            self.obs.pods.push(pod(&slot.name, slot.role, PodPhase::Pending));
+        }
+        plan
+    }
+
+    fn set_phase(&mut self, phase: PodPhase) {
+        for pod in &mut self.obs.pods {
+            pod.phase = phase;
+        }
+    }
+
+    fn driver_mut(&mut self) -> &mut ObservedPod {
+        let name = format!("{}-driver", self.executor());
+        self.obs
+            .pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("driver pod exists")
+    }
+
+    fn terminate_driver(&mut self, exit_code: i32, message: &str) {
+        let driver = self.driver_mut();
+        driver.phase = if exit_code == 0 {
+            PodPhase::Succeeded
+        } else {
+            PodPhase::Failed
+        };
+        driver.termination = Some(Termination {
+            exit_code,
+            message: message.to_string(),
+        });
+    }
+
+    fn request_cancel(&mut self) {
+        self.obs.spec.cancel = true;
+        self.obs.spec.cancel_reason = Some("user asked".to_string());
+        self.obs.generation += 1;
+    }
+
+    fn pods_gone(&mut self) {
+        self.obs.pods.clear();
+    }
+
+    /// Runs to `running`: pending, executor recorded, pods created and running.
+    fn running(cluster_type: ClusterType) -> Self {
+        let mut job = Job::new(cluster_type);
+        job.step_and_apply(); // -> pending
+        job.step_and_apply(); // executor recorded
+        job.step_and_apply(); // pods created
+        job.set_phase(PodPhase::Running);
+        job.step_and_apply(); // -> running
+        assert_eq!(job.state(), Some(JobState::Running));
+        job
+    }
+
+    fn completed() -> Self {
+        let mut job = Job::running(ClusterType::Shared);
+        job.terminate_driver(0, RESULT);
+        job.step_and_apply();
+        assert_eq!(job.state(), Some(JobState::Completed));
+        job
+    }
+}
+
+fn pod(name: &str, role: Role, phase: PodPhase) -> ObservedPod {
+    ObservedPod {
+        name: name.to_string(),
+        role: Some(role),
+        phase,
+        terminating: false,
+        reason: None,
+        message: None,
+        termination: None,
+        started_at: None,
+    }
+}
+
+fn condition(job: &Job, type_: &str) -> String {
+    job.obs
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
+}
+
+fn reasons(plan: &Plan) -> Vec<&'static str> {
+    plan.events.iter().map(|e| e.reason).collect()
+}
+
+#[test]
+fn first_reconcile_records_pending_with_job_id() {
+    let mut job = Job::new(ClusterType::Shared);
+    let plan = job.step();
+    assert_eq!(job.state(), Some(JobState::Pending));
+    assert_eq!(job.obs.status.job_id.as_deref(), Some(UID));
+    assert!(job.obs.status.created_at.is_some());
+    assert!(plan.create.is_empty(), "no pod before the executor is recorded");
+    assert_eq!(reasons(&plan), ["Pending"]);
+    assert_eq!(condition(&job, "Reconciling"), "True");
+}
+
+#[test]
+fn executor_is_recorded_before_any_pod_is_created() {
+    let mut job = Job::new(ClusterType::Shared);
+    job.step();
+    let plan = job.step();
+    assert_eq!(job.obs.status.executor, Some(job.executor()));
+    assert!(plan.create.is_empty());
+    let plan = job.step();
+    assert_eq!(plan.create.len(), 1);
+    assert!(plan.create[0].name.starts_with(&job.executor()));
+}
+
+#[test]
+fn pending_with_room_creates_pods_and_stays_pending_until_the_driver_runs() {
+    let mut job = Job::new(ClusterType::Dedicated);
+    job.step_and_apply();
+    job.step_and_apply();
+    let plan = job.step_and_apply();
+    assert_eq!(plan.create.len(), 3, "driver plus two workers");
+    assert_eq!(job.state(), Some(JobState::Pending));
+    let plan = job.step_and_apply();
+    assert!(plan.create.is_empty(), "pods are not created twice");
+    assert_eq!(job.state(), Some(JobState::Pending));
+    job.set_phase(PodPhase::Running);
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Running));
+    assert_eq!(reasons(&plan), ["Running"]);
+    assert!(job.obs.status.started_at.is_some());
+    assert_eq!(condition(&job, "Ready"), "True");
+}
+
+#[test]
+fn missing_pool_keeps_the_job_pending_with_a_warning_until_it_appears() {
+    let mut job = Job::new(ClusterType::Shared);
+    job.obs.spec.compute_pool = Some("gpu".to_string());
+    job.obs.spec.cluster_type = None;
+    job.obs.pool = PoolView::Missing {
+        name: "gpu".to_string(),
+    };
+    job.step();
+    let plan = job.step();
+    assert_eq!(job.state(), Some(JobState::Pending));
+    assert!(plan.create.is_empty());
+    assert_eq!(reasons(&plan), ["WaitingForComputePool"]);
+    let again = job.step();
+    assert!(again.events.is_empty(), "the warning is published once");
+    job.obs.pool = PoolView::Present {
+        name: "gpu".to_string(),
+        cluster_type: ClusterType::Dedicated,
+        admitted: true,
+        max_concurrent_jobs: 0,
+    };
+    job.step();
+    assert_eq!(job.obs.status.cluster_type, Some(ClusterType::Dedicated));
+    let plan = job.step();
+    assert_eq!(plan.create.len(), 3, "the pool's type applies: driver plus workers");
+}
+
+#[test]
+fn a_full_pool_queues_the_job_without_pods() {
+    let mut job = Job::new(ClusterType::Shared);
+    job.obs.spec.compute_pool = Some("small".to_string());
+    job.obs.pool = PoolView::Present {
+        name: "small".to_string(),
+        cluster_type: ClusterType::Shared,
+        admitted: false,
+        max_concurrent_jobs: 1,
+    };
+    job.step();
+    let plan = job.step();
+    assert_eq!(reasons(&plan), ["Queued"]);
+    assert!(job.obs.status.executor.is_none());
+    assert!(plan.create.is_empty());
+}
+
+#[test]
+fn cancel_from_pending_moves_to_pending_cancellation_then_cancelled_once_pods_are_gone() {
+    let mut job = Job::new(ClusterType::Dedicated);
+    job.step_and_apply();
+    job.step_and_apply();
+    job.step_and_apply();
+    job.request_cancel();
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::PendingCancellation));
+    assert_eq!(plan.delete.len(), 3);
+    assert_eq!(reasons(&plan), ["CancellationRequested"]);
+    let cancellation = job.obs.status.cancellation.clone().expect("recorded");
+    assert_eq!(cancellation.reason.as_deref(), Some("user asked"));
+    assert_eq!(condition(&job, "CancellationRequested"), "True");
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::PendingCancellation), "pods still terminating");
+    assert!(plan.delete.is_empty(), "terminating pods are not deleted again");
+    job.pods_gone();
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Cancelled));
+    assert!(plan.requires_absence, "cancelled must be confirmed by a fresh read");
+    assert!(job.obs.status.completed_at.is_some());
+    assert_eq!(condition(&job, "Cancelled"), "True");
+}
+
+#[test]
+fn cancel_from_running_tears_down_every_executor_pod() {
+    let mut job = Job::running(ClusterType::Dedicated);
+    job.request_cancel();
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::PendingCancellation));
+    let mut deleted = plan.delete.clone();
+    deleted.sort();
+    let mut all: Vec<String> = job.obs.pods.iter().map(|p| p.name.clone()).collect();
+    all.sort();
+    assert_eq!(deleted, all);
+}
+
+#[test]
+fn driver_success_completes_with_the_result() {
+    let job = Job::completed();
+    let result = job.obs.status.result.clone().expect("result recorded");
+    assert_eq!(result.snapshot_id, Some(739_881_302_291_276_700));
+    assert_eq!(result.dataset_id, Some(6404));
+    assert!(job.obs.status.completed_at.is_some());
+    assert_eq!(condition(&job, "Complete"), "True");
+    assert_eq!(condition(&job, "Ready"), "True");
+}
+
+#[test]
+fn completion_releases_workers_still_running() {
+    let mut job = Job::running(ClusterType::Dedicated);
+    job.terminate_driver(0, RESULT);
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Completed));
+    assert_eq!(plan.delete.len(), 2, "both workers are released");
+}
+
+#[test]
+fn driver_failure_fails_the_job_with_its_reason() {
+    let mut job = Job::running(ClusterType::Shared);
+    job.terminate_driver(2, r#"{"reason": "QueryError", "message": "no such table"}"#);
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Failed));
+    let failure = &job.obs.status.failures[0];
+    assert_eq!(failure.reason, "DriverFailed");
+    assert!(failure.message.contains("QueryError") && failure.message.contains("no such table"));
+    assert_eq!(reasons(&plan), ["Failed"]);
+    assert_eq!(condition(&job, "Failed"), "True");
+    assert_eq!(condition(&job, "Stalled"), "True");
+}
+
+#[test]
+fn unreadable_result_fails_with_invalid_result() {
+    let mut job = Job::running(ClusterType::Shared);
+    job.terminate_driver(0, "done!");
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Failed));
+    assert_eq!(job.obs.status.failures[0].reason, "InvalidResult");
+}
+
+#[test]
+fn lost_executor_pod_fails_the_job_after_a_confirmed_read() {
+    let mut job = Job::running(ClusterType::Dedicated);
+    let worker = format!("{}-worker-1", job.executor());
+    job.obs.pods.retain(|p| p.name != worker);
+    let plan = job.step();
+    assert_eq!(job.state(), Some(JobState::Failed));
+    assert!(plan.requires_absence);
+    assert_eq!(job.obs.status.failures[0].reason, "ExecutorLost");
+    assert!(job.obs.status.failures[0].message.contains(&worker));
+}
+
+#[test]
+fn evicted_executor_pod_fails_the_job_with_evicted() {
+    let mut job = Job::running(ClusterType::Dedicated);
+    let worker = &mut job.obs.pods[1];
+    worker.phase = PodPhase::Failed;
+    worker.reason = Some("Evicted".to_string());
+    worker.message = Some("The node was low on resource: memory.".to_string());
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Failed));
+    assert_eq!(job.obs.status.failures[0].reason, "Evicted");
+}
+
+#[test]
+fn passing_the_deadline_fails_with_deadline_exceeded() {
+    let mut job = Job::running(ClusterType::Shared);
+    job.obs.spec.active_deadline_seconds = Some(60);
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Running));
+    assert!(plan.requeue.is_some_and(|d| d <= Duration::from_secs(61)));
+    job.obs.now = job.obs.now + Duration::from_secs(61);
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Failed));
+    assert_eq!(job.obs.status.failures[0].reason, "DeadlineExceeded");
+    assert_eq!(plan.delete.len(), 1, "the running driver is torn down");
+}
+
+#[test]
+fn cancel_of_completed_job_is_a_no_op_recorded_as_an_event() {
+    let mut job = Job::completed();
+    let before = job.obs.status.clone();
+    job.request_cancel();
+    let plan = job.step();
+    assert_eq!(reasons(&plan), ["CancellationIgnored"]);
+    assert_eq!(plan.status.state, Some(JobState::Completed));
+    assert_eq!(plan.status.result, before.result);
+    assert_eq!(plan.status.completed_at, before.completed_at);
+    assert!(plan.status.cancellation.is_none());
+    let again = job.step();
+    assert!(again.events.is_empty(), "ignored once per generation");
+}
+
+#[test]
+fn cancel_of_failed_or_cancelled_job_changes_nothing() {
+    let mut failed = Job::running(ClusterType::Shared);
+    failed.terminate_driver(1, "");
+    failed.step_and_apply();
+    let mut cancelled = Job::running(ClusterType::Shared);
+    cancelled.request_cancel();
+    cancelled.step_and_apply();
+    cancelled.pods_gone();
+    cancelled.step_and_apply();
+    for mut job in [failed, cancelled] {
+        let state = job.state();
+        job.request_cancel();
+        let plan = job.step();
+        assert_eq!(plan.status.state, state);
+        assert!(plan.create.is_empty());
+    }
+}
+
+#[test]
+fn pending_cancellation_ends_cancelled_even_if_the_driver_succeeds_meanwhile() {
+    let mut job = Job::running(ClusterType::Shared);
+    job.request_cancel();
+    job.step_and_apply();
+    job.terminate_driver(0, RESULT);
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::PendingCancellation));
+    job.pods_gone();
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Cancelled));
+    assert!(job.obs.status.result.is_none());
+}
+
+#[test]
+fn ttl_deletes_a_finished_job_after_it_expires() {
+    let mut job = Job::completed();
+    job.obs.spec.ttl_seconds_after_finished = Some(30);
+    let plan = job.step();
+    assert!(!plan.delete_job);
+    assert!(plan.requeue.is_some());
+    job.obs.now = job.obs.now + Duration::from_secs(30);
+    assert!(job.step().delete_job);
+}
+
+#[test]
+fn a_driver_that_finished_before_running_was_seen_still_passes_through_running() {
+    let mut job = Job::new(ClusterType::Shared);
+    job.step_and_apply();
+    job.step_and_apply();
+    job.step_and_apply();
+    job.terminate_driver(0, RESULT);
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Running));
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Completed));
+}
+
+#[test]
+fn an_unchanged_observation_writes_nothing_new() {
+    let mut job = Job::running(ClusterType::Shared);
+    job.step();
+    let before = job.obs.status.clone();
+    let plan = job.step();
+    assert_eq!(plan.status, before);
+    assert!(plan.events.is_empty());
+}
+
+/// One thing that can happen between two reconciles.
+#[derive(Clone, Debug)]
+enum Happening {
+    /// The operator reconciles (and its pod writes take effect).
+    Reconcile,
+    /// The operator reconciles but crashes after writing status, before touching pods.
+    ReconcileThenCrash,
+    /// Pods move to a phase.
+    Phase(PodPhase),
+    /// The driver terminates with an exit code.
+    DriverExits(i32),
+    /// A pod disappears (deleted by someone, or its deletion finished).
+    PodGone(usize),
+    /// Terminating pods finish terminating.
+    TerminationsFinish,
+    /// The user requests cancellation.
+    Cancel,
+    /// Time passes.
+    Tick(u64),
+}
+
+fn legal(from: Option<JobState>, to: Option<JobState>) -> bool {
+    use JobState::*;
+    from == to
+        || matches!(
+            (from, to),
+            (None, Some(Pending))
+                | (Some(Pending), Some(Running | PendingCancellation | Failed))
+                | (Some(Running), Some(PendingCancellation | Completed | Failed))
+                | (Some(PendingCancellation), Some(Cancelled))
+        )
+}
+
+fn happening() -> impl Strategy<Value = Happening> {
+    prop_oneof![
+        4 => Just(Happening::Reconcile),
+        1 => Just(Happening::ReconcileThenCrash),
+        1 => prop_oneof![
+            Just(PodPhase::Running),
+            Just(PodPhase::Pending),
+            Just(PodPhase::Unknown)
+        ]
+        .prop_map(Happening::Phase),
+        1 => prop_oneof![Just(0), Just(1), Just(137)].prop_map(Happening::DriverExits),
+        1 => (0usize..4).prop_map(Happening::PodGone),
+        2 => Just(Happening::TerminationsFinish),
+        1 => Just(Happening::Cancel),
+        1 => (1u64..120).prop_map(Happening::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_under_any_sequence(
+        dedicated in any::<bool>(),
+        deadline in prop::option::of(30i64..600),
+        events in prop::collection::vec(happening(), 1..60),
+    ) {
+        let cluster_type = if dedicated { ClusterType::Dedicated } else { ClusterType::Shared };
+        let mut job = Job::new(cluster_type);
+        job.obs.spec.active_deadline_seconds = deadline;
+        let mut terminal: Option<JobState> = None;
+        let mut executor: Option<String> = None;
+        let mut saw_pending_cancellation = false;
+        for event in events {
+            match event {
+                Happening::Reconcile | Happening::ReconcileThenCrash => {
+                    let before = job.state();
+                    let plan = if matches!(event, Happening::Reconcile) {
+                        job.step_and_apply()
+                    } else {
+                        job.step()
+                    };
+                    let after = job.state();
+                    // A terminal state never changes.
+                    if let Some(t) = terminal {
+                        prop_assert_eq!(after, Some(t));
+                    }
+                    // Only edges of the state table; no state is skipped.
+                    prop_assert!(legal(before, after), "illegal transition {:?} -> {:?}", before, after);
+                    // Cancelled only when no executor pod exists.
+                    if after == Some(JobState::Cancelled) && before != after {
+                        prop_assert!(job.obs.pods.is_empty(), "cancelled with pods {:?}", job.obs.pods);
+                        prop_assert!(plan.requires_absence);
+                    }
+                    // Once pending_cancellation is recorded, only cancelled may follow.
+                    if before == Some(JobState::PendingCancellation) {
+                        prop_assert!(matches!(after, Some(JobState::PendingCancellation | JobState::Cancelled)));
+                    }
+                    // Never a second executor: one recorded name, pods only under it.
+                    if let Some(name) = &job.obs.status.executor {
+                        if let Some(first) = &executor {
+                            prop_assert_eq!(first, name);
+                        }
+                        executor = Some(name.clone());
+                    }
+                    for slot in &plan.create {
+                        let recorded = job.obs.status.executor.clone();
+                        prop_assert!(recorded.is_some_and(|e| slot.name.starts_with(&e)));
+                    }
+                    let mut names: Vec<&str> = job.obs.pods.iter().map(|p| p.name.as_str()).collect();
+                    names.sort();
+                    let count = names.len();
+                    names.dedup();
+                    prop_assert_eq!(names.len(), count, "duplicate pods");
+                    if after == Some(JobState::PendingCancellation) {
+                        saw_pending_cancellation = true;
+                    }
+                    if let Some(state) = after && state.is_terminal() {
+                        terminal = Some(state);
+                    }
+                }
+                Happening::Phase(phase) => {
+                    for pod in &mut job.obs.pods {
+                        if pod.termination.is_none() {
+                            pod.phase = phase;
+                        }
+                    }
+                }
+                Happening::DriverExits(code) => {
+                    let driver = format!("{}-driver", job.executor());
+                    if job.obs.pods.iter().any(|p| p.name == driver) {
+                        job.terminate_driver(code, if code == 0 { RESULT } else { "" });
+                    }
+                }
+                Happening::PodGone(i) => {
+                    if i < job.obs.pods.len() {
+                        job.obs.pods.remove(i);
+                    }
+                }
+                Happening::TerminationsFinish => job.obs.pods.retain(|p| !p.terminating),
+                Happening::Cancel => {
+                    if !job.obs.spec.cancel {
+                        job.request_cancel();
+                    }
+                }
+                Happening::Tick(secs) => job.obs.now = job.obs.now + Duration::from_secs(secs),
+            }
+        }
+        // pending_cancellation always ends cancelled: drive the teardown to its end.
+        if saw_pending_cancellation {
+            for _ in 0..4 {
+                job.step_and_apply();
+                job.obs.pods.retain(|p| !p.terminating);
+            }
+            prop_assert_eq!(job.state(), Some(JobState::Cancelled));
+            prop_assert!(job.obs.pods.is_empty());
+        }
+    }
+}
