@@ -70,7 +70,10 @@ async fn create_running_pod(api: &Api<Pod>, pod: Pod) -> Pod {
     api.create(&PostParams::default(), &pod)
         .await
         .unwrap_or_else(|e| panic!("create pod {name}: {e}"));
-    wait_for(api, &name, TIMEOUT, |p| phase(p) == "Running" && is_ready(p)).await
+    wait_for(api, &name, TIMEOUT, |p| {
+        phase(p) == "Running" && is_ready(p)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -97,22 +100,52 @@ async fn fake_nodes_are_ready_grouped_and_untainted() {
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         assert!(ready, "node {name} is not Ready: {:?}", node.status);
-        let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
         assert!(taints.is_empty(), "node {name} has taints {taints:?}");
-        let capacity = node.status.as_ref().and_then(|s| s.capacity.clone()).unwrap_or_default();
+        let capacity = node
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.clone())
+            .unwrap_or_default();
         if name.starts_with("kwok-node-") {
-            assert_eq!(capacity.get("cpu").map(|q| q.0.as_str()), Some("16"), "{name}");
-            assert_eq!(capacity.get("memory").map(|q| q.0.as_str()), Some("64Gi"), "{name}");
-            assert_eq!(capacity.get("pods").map(|q| q.0.as_str()), Some("110"), "{name}");
+            assert_eq!(
+                capacity.get("cpu").map(|q| q.0.as_str()),
+                Some("16"),
+                "{name}"
+            );
+            assert_eq!(
+                capacity.get("memory").map(|q| q.0.as_str()),
+                Some("64Gi"),
+                "{name}"
+            );
+            assert_eq!(
+                capacity.get("pods").map(|q| q.0.as_str()),
+                Some("110"),
+                "{name}"
+            );
         }
         if let Some(g) = node.labels().get("datajob.dev/node-group") {
             *groups.entry(g.clone()).or_default() += 1;
         }
     }
     println!("{} kwok nodes, groups {groups:?}", list.items.len());
-    assert!(list.items.len() >= 6, "expected at least 6 kwok nodes, got {}", list.items.len());
-    assert!(groups.get("a").copied().unwrap_or(0) >= 3, "node group a: {groups:?}");
-    assert!(groups.get("b").copied().unwrap_or(0) >= 3, "node group b: {groups:?}");
+    assert!(
+        list.items.len() >= 6,
+        "expected at least 6 kwok nodes, got {}",
+        list.items.len()
+    );
+    assert!(
+        groups.get("a").copied().unwrap_or(0) >= 3,
+        "node group a: {groups:?}"
+    );
+    assert!(
+        groups.get("b").copied().unwrap_or(0) >= 3,
+        "node group b: {groups:?}"
+    );
 }
 
 #[tokio::test]
@@ -125,10 +158,16 @@ async fn pod_is_scheduled_onto_a_fake_node_and_runs() {
     let started = Instant::now();
     let pod = create_running_pod(&pods, pod_manifest("runner", json!({}), json!({}))).await;
     println!("pod Running and Ready after {:?}", started.elapsed());
-    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("scheduled");
+    let node_name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .expect("scheduled");
     let node = nodes.get(&node_name).await.expect("the pod's node");
     assert_eq!(
-        node.annotations().get("kwok.x-k8s.io/node").map(String::as_str),
+        node.annotations()
+            .get("kwok.x-k8s.io/node")
+            .map(String::as_str),
         Some("fake"),
         "pod landed on {node_name}, which is not a kwok node"
     );
@@ -149,10 +188,16 @@ async fn pod_is_scheduled_onto_a_fake_node_and_runs() {
         json!({ "nodeSelector": { "datajob.dev/node-group": "b" } }),
     );
     let pod = create_running_pod(&pods, pinned).await;
-    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("scheduled");
+    let node_name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .expect("scheduled");
     let node = nodes.get(&node_name).await.expect("node");
     assert_eq!(
-        node.labels().get("datajob.dev/node-group").map(String::as_str),
+        node.labels()
+            .get("datajob.dev/node-group")
+            .map(String::as_str),
         Some("b")
     );
     ns.cleanup().await;
@@ -166,9 +211,15 @@ async fn graceful_delete_honours_the_grace_period() {
     create_running_pod(&pods, pod_manifest("slow-to-stop", json!({}), json!({}))).await;
 
     let started = Instant::now();
-    pods.delete("slow-to-stop", &DeleteParams { grace_period_seconds: Some(3), ..Default::default() })
-        .await
-        .expect("delete");
+    pods.delete(
+        "slow-to-stop",
+        &DeleteParams {
+            grace_period_seconds: Some(3),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("delete");
     let terminating = pods
         .get_opt("slow-to-stop")
         .await
@@ -176,7 +227,11 @@ async fn graceful_delete_honours_the_grace_period() {
         .expect("the pod must still exist right after a graceful delete");
     assert!(terminating.metadata.deletion_timestamp.is_some());
     assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(3));
-    assert_eq!(phase(&terminating), "Running", "still running during its grace period");
+    assert_eq!(
+        phase(&terminating),
+        "Running",
+        "still running during its grace period"
+    );
 
     // After the grace period the simulated kubelet kills the containers (137), then the pod goes.
     let killed = wait_for(&pods, "slow-to-stop", Duration::from_secs(15), |p| {
@@ -185,15 +240,23 @@ async fn graceful_delete_honours_the_grace_period() {
     .await;
     let killed_after = started.elapsed();
     let states = terminated(&killed);
-    assert!(!states.is_empty() && states.iter().all(|t| t.exit_code == 137), "{states:?}");
+    assert!(
+        !states.is_empty() && states.iter().all(|t| t.exit_code == 137),
+        "{states:?}"
+    );
     wait_deleted(&pods, "slow-to-stop", Duration::from_secs(15)).await;
     let gone_after = started.elapsed();
-    println!("grace period 3s: containers killed after {killed_after:?}, pod gone after {gone_after:?}");
+    println!(
+        "grace period 3s: containers killed after {killed_after:?}, pod gone after {gone_after:?}"
+    );
     assert!(
         killed_after >= Duration::from_secs(3),
         "containers were killed after {killed_after:?}, before the 3 s grace period ended"
     );
-    assert!(gone_after <= Duration::from_secs(15), "pod took {gone_after:?} to go");
+    assert!(
+        gone_after <= Duration::from_secs(15),
+        "pod took {gone_after:?} to go"
+    );
     ns.cleanup().await;
 }
 
@@ -210,7 +273,9 @@ async fn annotated_pods_terminate_with_the_requested_exit_code_reason_and_messag
         json!({ "sim.datajob.dev/exit-code": "0", "sim.datajob.dev/message": result }),
         json!({}),
     );
-    pods.create(&PostParams::default(), &ok).await.expect("create driver-ok");
+    pods.create(&PostParams::default(), &ok)
+        .await
+        .expect("create driver-ok");
     let pod = wait_for(&pods, "driver-ok", TIMEOUT, |p| phase(p) == "Succeeded").await;
     let states = terminated(&pod);
     assert_eq!(states.len(), 1, "{:?}", pod.status);
@@ -228,9 +293,13 @@ async fn annotated_pods_terminate_with_the_requested_exit_code_reason_and_messag
         "sim.datajob.dev/exit-code": "3",
         "sim.datajob.dev/message": failure,
     }}});
-    pods.patch("driver-fails", &PatchParams::default(), &Patch::Merge(&annotate))
-        .await
-        .expect("annotate driver-fails");
+    pods.patch(
+        "driver-fails",
+        &PatchParams::default(),
+        &Patch::Merge(&annotate),
+    )
+    .await
+    .expect("annotate driver-fails");
     let pod = wait_for(&pods, "driver-fails", TIMEOUT, |p| phase(p) == "Failed").await;
     let states = terminated(&pod);
     assert_eq!(states.len(), 1, "{:?}", pod.status);
@@ -247,7 +316,9 @@ async fn annotated_pods_terminate_with_the_requested_exit_code_reason_and_messag
             { "name": "b", "image": "example.invalid/smoke:1" },
         ]}),
     );
-    pods.create(&PostParams::default(), &two).await.expect("create oom");
+    pods.create(&PostParams::default(), &two)
+        .await
+        .expect("create oom");
     let pod = wait_for(&pods, "oom", TIMEOUT, |p| phase(p) == "Failed").await;
     let states = terminated(&pod);
     assert_eq!(states.len(), 2, "{:?}", pod.status);
@@ -309,7 +380,10 @@ async fn rbac_denies_a_user_without_a_grant_and_allows_after_a_role_binding() {
         }
     }
     let still_denied = bob_pods.list(&ListParams::default()).await;
-    assert!(is_forbidden(&still_denied), "bob has no grant: {still_denied:?}");
+    assert!(
+        is_forbidden(&still_denied),
+        "bob has no grant: {still_denied:?}"
+    );
     ns.cleanup().await;
 }
 
@@ -357,7 +431,10 @@ async fn ensure_widget_crd(client: &Client) -> ApiResource {
         c.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
     })
     .await;
     ApiResource::from_gvk_with_plural(
@@ -393,11 +470,19 @@ async fn cel_transition_rule_rejects_a_forbidden_update_also_through_kubectl() {
 
     // A mutable field may change; the guarded one may not.
     widgets
-        .patch("w", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "note": "second" } })))
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "note": "second" } })),
+        )
         .await
         .expect("changing spec.note is allowed");
     let rejected = widgets
-        .patch("w", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "size": 2 } })))
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "size": 2 } })),
+        )
         .await;
     match rejected {
         Err(kube::Error::Api(s)) => {
@@ -407,17 +492,38 @@ async fn cel_transition_rule_rejects_a_forbidden_update_also_through_kubectl() {
         other => panic!("changing spec.size must be rejected, got {other:?}"),
     }
 
-    let version = kubectl().arg("version").arg("--client").output().expect("run kubectl");
-    println!("kubectl: {}", String::from_utf8_lossy(&version.stdout).trim());
+    let version = kubectl()
+        .arg("version")
+        .arg("--client")
+        .output()
+        .expect("run kubectl");
+    println!(
+        "kubectl: {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
     let out = kubectl()
-        .args(["-n", ns.name(), "patch", "widgets.smoke.datajob.dev", "w", "--type=merge"])
+        .args([
+            "-n",
+            ns.name(),
+            "patch",
+            "widgets.smoke.datajob.dev",
+            "w",
+            "--type=merge",
+        ])
         .args(["-p", r#"{"spec":{"size":3}}"#])
         .output()
         .expect("run kubectl (put the cluster's kubectl on PATH: eval \"$(hack/cluster.sh env)\")");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("kubectl patch: exit {:?}, stderr: {}", out.status.code(), stderr.trim());
+    println!(
+        "kubectl patch: exit {:?}, stderr: {}",
+        out.status.code(),
+        stderr.trim()
+    );
     assert!(!out.status.success(), "kubectl patch must fail");
-    assert!(stderr.contains(CEL_MESSAGE), "kubectl's error must show the rule's message: {stderr}");
+    assert!(
+        stderr.contains(CEL_MESSAGE),
+        "kubectl's error must show the rule's message: {stderr}"
+    );
     let current = widgets.get("w").await.expect("get widget");
     assert_eq!(current.data["spec"]["size"], json!(1));
     ns.cleanup().await;
@@ -431,7 +537,10 @@ async fn garbage_collector_deletes_dependents_of_a_deleted_owner() {
     let owner: ConfigMap =
         serde_json::from_value(json!({ "metadata": { "name": "owner" }, "data": { "k": "v" } }))
             .unwrap();
-    let owner = cms.create(&PostParams::default(), &owner).await.expect("create owner");
+    let owner = cms
+        .create(&PostParams::default(), &owner)
+        .await
+        .expect("create owner");
     let dependent: ConfigMap = serde_json::from_value(json!({
         "metadata": {
             "name": "dependent",
@@ -441,12 +550,19 @@ async fn garbage_collector_deletes_dependents_of_a_deleted_owner() {
         },
     }))
     .unwrap();
-    cms.create(&PostParams::default(), &dependent).await.expect("create dependent");
+    cms.create(&PostParams::default(), &dependent)
+        .await
+        .expect("create dependent");
 
     let started = Instant::now();
-    cms.delete("owner", &DeleteParams::background()).await.expect("delete owner");
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .expect("delete owner");
     wait_deleted(&cms, "dependent", TIMEOUT).await;
-    println!("dependent collected {:?} after its owner was deleted", started.elapsed());
+    println!(
+        "dependent collected {:?} after its owner was deleted",
+        started.elapsed()
+    );
     ns.cleanup().await;
 }
 
@@ -471,7 +587,10 @@ async fn job_controller_creates_the_pod_of_a_job_and_completes_it() {
         },
     }))
     .unwrap();
-    let job = jobs.create(&PostParams::default(), &job).await.expect("create job");
+    let job = jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
     let job_uid = job.uid().expect("uid");
 
     // The Job controller (kube-controller-manager) creates the pod; poll the list (bounded).
@@ -484,18 +603,31 @@ async fn job_controller_creates_the_pod_of_a_job_and_completes_it() {
         if let Some(pod) = list.items.into_iter().next() {
             break pod;
         }
-        assert!(Instant::now() < deadline, "no pod for job 'once' after {TIMEOUT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no pod for job 'once' after {TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let owner = pod.owner_references().first().cloned().expect("owner reference");
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Job", job_uid.as_str()));
+    let owner = pod
+        .owner_references()
+        .first()
+        .cloned()
+        .expect("owner reference");
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Job", job_uid.as_str())
+    );
     println!("job pod {} created by the job controller", pod.name_any());
 
     let done = wait_for(&jobs, "once", TIMEOUT, |j| {
         j.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Complete" && c.status == "True"))
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Complete" && c.status == "True")
+            })
     })
     .await;
     assert_eq!(done.status.as_ref().and_then(|s| s.succeeded), Some(1));

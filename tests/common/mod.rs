@@ -66,8 +66,8 @@ pub async fn user_client(user: &str) -> Client {
 
 async fn connect(config: Config, who: &str) -> Client {
     let url = config.cluster_url.clone();
-    let client = Client::try_from(config)
-        .unwrap_or_else(|e| panic!("cannot build a client for {who}: {e}"));
+    let client =
+        Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a client for {who}: {e}"));
     match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(_)) => client,
         Ok(Err(e)) => panic!("the API server at {url} did not answer {who}: {e}; {START_HINT}"),

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The project's test command: brings up a local control plane (cluster `ci` unless --name or
+# $DATAJOB_TEST_CLUSTER says otherwise; built first when needed), runs `cargo test --all-targets`
+# (unit tests and the tests against the cluster) with KUBECONFIG and the alice/bob kubeconfigs
+# exported, and always brings the cluster down again. Exits non-zero on any failure.
+# Arguments after -- replace `--all-targets`.
+#
+#   hack/test.sh [--name NAME] [--port-base PORT] [-- CARGO_TEST_ARGS...]
+#
+# Examples: hack/test.sh
+#           hack/test.sh -- --test smoke          (only tests/smoke.rs)
+#           hack/test.sh -- --test smoke -- --nocapture
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+NAME=${DATAJOB_TEST_CLUSTER:-ci}
+CLUSTER_ARGS=()
+CARGO_ARGS=()
+while (($#)); do
+  case $1 in
+    --name) NAME=${2:?--name needs a value}; shift 2 ;;
+    --name=*) NAME=${1#*=}; shift ;;
+    --port-base) CLUSTER_ARGS+=(--port-base "${2:?--port-base needs a value}"); shift 2 ;;
+    --port-base=*) CLUSTER_ARGS+=(--port-base "${1#*=}"); shift ;;
+    --) shift; CARGO_ARGS=("$@"); break ;;
+    -h | --help) sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "unknown argument: $1 (cargo test arguments go after --)" >&2; exit 2 ;;
+  esac
+done
+CLUSTER=("$ROOT/hack/cluster.sh" --name "$NAME" "${CLUSTER_ARGS[@]}")
+
+stamp() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+TIMINGS=()
+phase_start=$SECONDS
+phase() { # phase NAME: closes the previous phase's timing
+  TIMINGS+=("$(printf '%-28s %5ss' "$1" $((SECONDS - phase_start)))")
+  phase_start=$SECONDS
+}
+
+STATE="${XDG_STATE_HOME:-$HOME/.local/state}/datajob-operator/clusters/$NAME"
+finish() {
+  local rc=$?
+  trap - EXIT INT TERM
+  phase_start=$SECONDS
+  if ((rc != 0)) && [[ -d $STATE/logs ]]; then
+    # The state folder goes with the cluster: keep its logs for a post-mortem.
+    local keep="$ROOT/target/cluster-logs/$NAME"
+    rm -rf "$keep" && mkdir -p "$keep" && cp -r "$STATE/logs/." "$keep/" || true
+    stamp "tests failed (exit $rc); the cluster's logs are kept in $keep"
+    local f
+    for f in "$keep"/*.log; do
+      [[ -f $f ]] || continue
+      echo "----- last lines of $(basename "$f")" >&2
+      tail -n 15 "$f" >&2 || true
+    done
+  fi
+  stamp "bringing cluster '$NAME' down"
+  if ! "${CLUSTER[@]}" down; then
+    ((rc != 0)) || rc=1
+  fi
+  phase "cluster down"
+  echo >&2
+  echo "timings:" >&2
+  printf '  %s\n' "${TIMINGS[@]}" >&2
+  printf '  %-28s %5ss\n' "total" "$SECONDS" >&2
+  exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A leftover cluster of the same name (an interrupted run) is replaced by a fresh one.
+if [[ -d $STATE ]]; then
+  stamp "cluster '$NAME' exists from an earlier run; recreating it"
+  "${CLUSTER[@]}" down
+fi
+
+# Cargo's own arguments (before a second --) also apply to the build.
+BUILD_ARGS=()
+for a in "${CARGO_ARGS[@]}"; do
+  [[ $a == -- ]] && break
+  BUILD_ARGS+=("$a")
+done
+((${#CARGO_ARGS[@]})) || CARGO_ARGS=(--all-targets)
+((${#BUILD_ARGS[@]})) || BUILD_ARGS=(--all-targets)
+stamp "building the tests"
+cargo test --no-run "${BUILD_ARGS[@]}"
+phase "cargo build (tests)"
+
+stamp "building (as needed) and starting cluster '$NAME'"
+"${CLUSTER[@]}" up
+eval "$("${CLUSTER[@]}" env)"
+phase "build + cluster up"
+
+stamp "running cargo test ${CARGO_ARGS[*]}"
+cargo test "${CARGO_ARGS[@]}"
+phase "cargo test"
