@@ -11,7 +11,11 @@ use datajob_operator::{api, http, reconcile};
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "datajob-operator", version, about = "Runs and cancels DataJobs on Kubernetes")]
+#[command(
+    name = "datajob-operator",
+    version,
+    about = "Runs and cancels DataJobs on Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,7 +40,11 @@ struct RunArgs {
     #[arg(long, env = "DATAJOB_DATA_PLANE")]
     data_plane: Option<String>,
     /// Executor image when neither the job nor its pool sets one.
-    #[arg(long, env = "DATAJOB_EXECUTOR_IMAGE", default_value = "ghcr.io/datajob-dev/executor:0.1.0")]
+    #[arg(
+        long,
+        env = "DATAJOB_EXECUTOR_IMAGE",
+        default_value = "ghcr.io/datajob-dev/executor:0.1.0"
+    )]
     executor_image: String,
     /// Log format.
     #[arg(long, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
@@ -112,7 +120,10 @@ async fn run(args: RunArgs) -> ExitCode {
         instance: args.instance,
     };
     info!(namespace = ?config.namespace, data_plane = ?config.data_plane, "starting the DataJob controller");
-    reconcile::run(client, config, metrics, move || ready.store(true, Ordering::Relaxed)).await;
+    reconcile::run(client, config, metrics, move || {
+        ready.store(true, Ordering::Relaxed)
+    })
+    .await;
     info!("controller stopped");
     ExitCode::SUCCESS
 }

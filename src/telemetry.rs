@@ -60,7 +60,11 @@ impl Default for Metrics {
             reconcile_duration.clone(),
         );
         let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register("reconcile_errors", "Failed reconciles by error category", errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error category",
+            errors.clone(),
+        );
         let transitions = Family::<StateLabels, Counter>::default();
         registry.register(
             "state_transitions",

@@ -9,7 +9,7 @@ use datajob_operator::api::{
 };
 use datajob_operator::executor::{self, Role};
 use datajob_operator::reconcile::decide::{
-    ObservedPod, Observation, Plan, PodPhase, PoolView, Termination, decide,
+    Observation, ObservedPod, Plan, PodPhase, PoolView, Termination, decide,
 };
 use jiff::Timestamp;
 use proptest::prelude::*;
@@ -87,7 +87,9 @@ impl Job {
             }
         }
         for slot in &plan.create {
-            self.obs.pods.push(pod(&slot.name, slot.role, PodPhase::Pending));
+            self.obs
+                .pods
+                .push(pod(&slot.name, slot.role, PodPhase::Pending));
         }
         plan
     }
@@ -185,7 +187,10 @@ fn first_reconcile_records_pending_with_job_id() {
     assert_eq!(job.state(), Some(JobState::Pending));
     assert_eq!(job.obs.status.job_id.as_deref(), Some(UID));
     assert!(job.obs.status.created_at.is_some());
-    assert!(plan.create.is_empty(), "no pod before the executor is recorded");
+    assert!(
+        plan.create.is_empty(),
+        "no pod before the executor is recorded"
+    );
     assert_eq!(reasons(&plan), ["Pending"]);
     assert_eq!(condition(&job, "Reconciling"), "True");
 }
@@ -245,7 +250,11 @@ fn missing_pool_keeps_the_job_pending_with_a_warning_until_it_appears() {
     job.step();
     assert_eq!(job.obs.status.cluster_type, Some(ClusterType::Dedicated));
     let plan = job.step();
-    assert_eq!(plan.create.len(), 3, "the pool's type applies: driver plus workers");
+    assert_eq!(
+        plan.create.len(),
+        3,
+        "the pool's type applies: driver plus workers"
+    );
 }
 
 #[test]
@@ -280,12 +289,22 @@ fn cancel_from_pending_moves_to_pending_cancellation_then_cancelled_once_pods_ar
     assert_eq!(cancellation.reason.as_deref(), Some("user asked"));
     assert_eq!(condition(&job, "CancellationRequested"), "True");
     let plan = job.step_and_apply();
-    assert_eq!(job.state(), Some(JobState::PendingCancellation), "pods still terminating");
-    assert!(plan.delete.is_empty(), "terminating pods are not deleted again");
+    assert_eq!(
+        job.state(),
+        Some(JobState::PendingCancellation),
+        "pods still terminating"
+    );
+    assert!(
+        plan.delete.is_empty(),
+        "terminating pods are not deleted again"
+    );
     job.pods_gone();
     let plan = job.step_and_apply();
     assert_eq!(job.state(), Some(JobState::Cancelled));
-    assert!(plan.requires_absence, "cancelled must be confirmed by a fresh read");
+    assert!(
+        plan.requires_absence,
+        "cancelled must be confirmed by a fresh read"
+    );
     assert!(job.obs.status.completed_at.is_some());
     assert_eq!(condition(&job, "Cancelled"), "True");
 }
@@ -377,7 +396,7 @@ fn passing_the_deadline_fails_with_deadline_exceeded() {
     let plan = job.step_and_apply();
     assert_eq!(job.state(), Some(JobState::Running));
     assert!(plan.requeue.is_some_and(|d| d <= Duration::from_secs(61)));
-    job.obs.now = job.obs.now + Duration::from_secs(61);
+    job.obs.now += Duration::from_secs(61);
     let plan = job.step_and_apply();
     assert_eq!(job.state(), Some(JobState::Failed));
     assert_eq!(job.obs.status.failures[0].reason, "DeadlineExceeded");
@@ -439,7 +458,7 @@ fn ttl_deletes_a_finished_job_after_it_expires() {
     let plan = job.step();
     assert!(!plan.delete_job);
     assert!(plan.requeue.is_some());
-    job.obs.now = job.obs.now + Duration::from_secs(30);
+    job.obs.now += Duration::from_secs(30);
     assert!(job.step().delete_job);
 }
 
@@ -494,7 +513,10 @@ fn legal(from: Option<JobState>, to: Option<JobState>) -> bool {
             (from, to),
             (None, Some(Pending))
                 | (Some(Pending), Some(Running | PendingCancellation | Failed))
-                | (Some(Running), Some(PendingCancellation | Completed | Failed))
+                | (
+                    Some(Running),
+                    Some(PendingCancellation | Completed | Failed)
+                )
                 | (Some(PendingCancellation), Some(Cancelled))
         )
 }
@@ -604,7 +626,7 @@ proptest! {
                         job.request_cancel();
                     }
                 }
-                Happening::Tick(secs) => job.obs.now = job.obs.now + Duration::from_secs(secs),
+                Happening::Tick(secs) => job.obs.now += Duration::from_secs(secs),
             }
         }
         // pending_cancellation always ends cancelled: drive the teardown to its end.

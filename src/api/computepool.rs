@@ -8,10 +8,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::condition::Condition;
 use super::ClusterType;
+use super::condition::Condition;
 
 /// A pool of nodes that runs DataJob executors.
+// Every printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "datajob.dev",
@@ -23,11 +25,35 @@ use super::ClusterType;
     status = "ComputePoolStatus",
     derive = "PartialEq",
     doc = "A compute pool: the nodes, executor defaults and concurrency limit for the DataJobs that name it.",
-    printcolumn(name = "Type", type_ = "string", json_path = ".spec.clusterType", description = "Default executor cluster type"),
-    printcolumn(name = "Max", type_ = "integer", json_path = ".spec.maxConcurrentJobs", description = "Most jobs running at once (0 = unlimited)"),
-    printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeJobs", description = "Jobs holding executors"),
-    printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queuedJobs", description = "Jobs waiting for room"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Type",
+        type_ = "string",
+        json_path = ".spec.clusterType",
+        description = "Default executor cluster type"
+    ),
+    printcolumn(
+        name = "Max",
+        type_ = "integer",
+        json_path = ".spec.maxConcurrentJobs",
+        description = "Most jobs running at once (0 = unlimited)"
+    ),
+    printcolumn(
+        name = "Active",
+        type_ = "integer",
+        json_path = ".status.activeJobs",
+        description = "Jobs holding executors"
+    ),
+    printcolumn(
+        name = "Queued",
+        type_ = "integer",
+        json_path = ".status.queuedJobs",
+        description = "Jobs waiting for room"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ComputePoolSpec {

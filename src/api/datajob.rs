@@ -11,8 +11,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::condition::Condition;
 use super::ClusterType;
+use super::condition::Condition;
 
 /// Longest accepted `spec.input.nql`, in characters (256 KiB).
 pub const MAX_NQL_LENGTH: usize = 256 * 1024;
@@ -26,6 +26,8 @@ pub const MAX_WORKERS: i32 = 64;
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
 
 /// A data job: a materialized view or an NQL forecast, run by executor pods on a data plane.
+// Every printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "datajob.dev",
@@ -39,12 +41,41 @@ pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
     derive = "PartialEq",
     doc = "A data job (materialize-view or nql-forecast) that the datajob-operator runs on executor pods and can cancel on request.",
     selectable = ".spec.dataPlane",
-    printcolumn(name = "State", type_ = "string", json_path = ".status.state", description = "Lifecycle state of the job"),
-    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type", description = "Kind of data job"),
-    printcolumn(name = "Cluster", type_ = "string", json_path = ".status.clusterType", description = "Executor cluster type the job runs on"),
-    printcolumn(name = "Pool", type_ = "string", json_path = ".spec.computePool", description = "Compute pool of the job"),
-    printcolumn(name = "Data plane", type_ = "string", json_path = ".spec.dataPlane", description = "Data plane the job runs on"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.state",
+        description = "Lifecycle state of the job"
+    ),
+    printcolumn(
+        name = "Type",
+        type_ = "string",
+        json_path = ".spec.type",
+        description = "Kind of data job"
+    ),
+    printcolumn(
+        name = "Cluster",
+        type_ = "string",
+        json_path = ".status.clusterType",
+        description = "Executor cluster type the job runs on"
+    ),
+    printcolumn(
+        name = "Pool",
+        type_ = "string",
+        json_path = ".spec.computePool",
+        description = "Compute pool of the job"
+    ),
+    printcolumn(
+        name = "Data plane",
+        type_ = "string",
+        json_path = ".spec.dataPlane",
+        description = "Data plane the job runs on"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.type != 'materialize-view' || has(self.input.datasetId)").message("spec.input.datasetId is required for materialize-view jobs"))]
@@ -68,7 +99,10 @@ pub struct DataJobSpec {
 
     /// The data plane the job runs on (a DNS-1123 label). Immutable; selectable with
     /// `--field-selector spec.dataPlane=NAME`.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub data_plane: String,
 
     /// Name of the ComputePool the job runs in. When set and the pool does not exist yet, the

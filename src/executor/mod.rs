@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EnvVar, Pod, PodAffinityTerm, PodAntiAffinity,
     PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecurityContext, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, OwnerReference,
+};
 use kube::api::ObjectMeta;
 
 use crate::OPERATOR_NAME;
@@ -74,7 +76,13 @@ impl Role {
 pub fn executor_name(job_name: &str, job_uid: &str) -> String {
     let mut name_part: String = job_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(MAX_NAME_PART)
         .collect();
     while name_part.ends_with('-') {
@@ -198,7 +206,10 @@ impl ExecutorTemplate {
                 "DATAJOB_COMPUTE_POOL",
                 self.compute_pool.clone().unwrap_or_default(),
             ),
-            ("DATAJOB_CLUSTER_TYPE", self.cluster_type.as_str().to_string()),
+            (
+                "DATAJOB_CLUSTER_TYPE",
+                self.cluster_type.as_str().to_string(),
+            ),
             ("DATAJOB_ROLE", role.as_str().to_string()),
         ];
         let mut env: Vec<EnvVar> = contract

@@ -95,7 +95,10 @@ fn failure_message(exit_code: i32, message: &str) -> String {
         Ok(DriverFailure {
             reason: None,
             message: Some(message),
-        }) => format!("driver exited with code {exit_code}: {}", truncate(&message)),
+        }) => format!(
+            "driver exited with code {exit_code}: {}",
+            truncate(&message)
+        ),
         _ if message.trim().is_empty() => {
             format!("driver exited with code {exit_code} and left no termination message")
         }
@@ -132,7 +135,8 @@ mod tests {
     #[test]
     fn forecast_result_is_kept_as_written() {
         let message = r#"{"forecast": {"horizon": 7, "values": [1.5, 2.25]}}"#;
-        let DriverOutcome::Succeeded(result) = read_driver_outcome(JobType::NqlForecast, 0, message)
+        let DriverOutcome::Succeeded(result) =
+            read_driver_outcome(JobType::NqlForecast, 0, message)
         else {
             panic!("expected a result");
         };

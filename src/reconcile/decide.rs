@@ -296,7 +296,8 @@ impl<'a> Step<'a> {
             .filter(|p| !p.terminating && !p.is_finished())
             .map(|p| p.name.clone())
             .collect();
-        if let (Some(ttl), Some(done)) = (spec.ttl_seconds_after_finished, &self.status.completed_at)
+        if let (Some(ttl), Some(done)) =
+            (spec.ttl_seconds_after_finished, &self.status.completed_at)
         {
             let expires = done.0 + Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
             if self.obs.now >= expires {
@@ -472,7 +473,10 @@ impl<'a> Step<'a> {
                     self.requires_absence = true;
                     return Some((
                         "ExecutorLost",
-                        format!("executor pod {} disappeared while the job was running", slot.name),
+                        format!(
+                            "executor pod {} disappeared while the job was running",
+                            slot.name
+                        ),
                     ));
                 }
                 None => {}
@@ -572,9 +576,7 @@ impl<'a> Step<'a> {
 
     fn finish(mut self) -> Plan {
         self.status.observed_generation = Some(self.obs.generation);
-        self.status.active_executors = Some(
-            i32::try_from(self.obs.pods.len()).unwrap_or(i32::MAX),
-        );
+        self.status.active_executors = Some(i32::try_from(self.obs.pods.len()).unwrap_or(i32::MAX));
         self.status.conditions = self.conditions();
         if self.status != self.obs.status {
             self.status.updated_at = Some(self.now());

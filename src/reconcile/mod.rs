@@ -23,7 +23,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::datajob::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::api::{ComputePool, DataJob, JobState};
@@ -121,9 +121,10 @@ pub async fn run(
         .default_backoff()
         .touched_objects();
     let (pools, pool_writer) = reflector::store();
-    let pool_stream = reflector::reflector(pool_writer, watcher(pools_api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
+    let pool_stream =
+        reflector::reflector(pool_writer, watcher(pools_api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
 
     let (wake, wake_stream) = mpsc::unbounded();
     let controller = Controller::new(jobs_api, job_watch);
@@ -177,8 +178,10 @@ pub async fn run(
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "reconcile failed");
+            match result {
+                // error_policy already logged it.
+                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!(%error, "controller error"),
             }
         })
         .await;
@@ -231,6 +234,9 @@ pub fn error_policy(job: Arc<DataJob>, error: &Error, ctx: Arc<Context>) -> Acti
     };
     match error {
         Error::TeardownInProgress { .. } => info!(job = %key, %error, "teardown in progress"),
+        Error::WriteStatus { source, .. } if error::is_conflict(source) => {
+            debug!(job = %key, "status write lost a race with a newer version; retrying");
+        }
         _ => warn!(job = %key, %error, attempt, "reconcile failed"),
     }
     match error.retry_after(attempt) {
@@ -360,7 +366,9 @@ pub fn template_for(
     })?;
     let spec = &job.spec;
     let job_executor = spec.executor.clone().unwrap_or_default();
-    let pool_executor = pool.and_then(|p| p.spec.executor.clone()).unwrap_or_default();
+    let pool_executor = pool
+        .and_then(|p| p.spec.executor.clone())
+        .unwrap_or_default();
     let pool_view = observe::pool_view(job, pool, true);
     Ok(ExecutorTemplate {
         namespace,
@@ -385,7 +393,9 @@ pub fn template_for(
             .termination_grace_period_seconds
             .unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS),
         extra_env: job_executor.env,
-        node_selector: pool.map(|p| p.spec.node_selector.clone()).unwrap_or_default(),
+        node_selector: pool
+            .map(|p| p.spec.node_selector.clone())
+            .unwrap_or_default(),
         tolerations: pool.map(|p| p.spec.tolerations.clone()).unwrap_or_default(),
     })
 }

@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
-use super::decide::{ObservedPod, Observation, PodPhase, PoolView, Termination};
+use super::decide::{Observation, ObservedPod, PodPhase, PoolView, Termination};
 use super::error::Error;
 use crate::api::{ComputePool, DataJob, JobState};
 use crate::executor::{self, CONTAINER_NAME, LABEL_JOB_UID, Role};
@@ -92,9 +92,9 @@ pub async fn live_pods(pods: &Api<Pod>, job: &DataJob) -> Result<Vec<ObservedPod
 
 /// Whether a job holds a slot in its pool: it has an executor and has not finished.
 pub fn holds_slot(job: &DataJob) -> bool {
-    job.status.as_ref().is_some_and(|s| {
-        s.executor.is_some() && !s.state.is_some_and(JobState::is_terminal)
-    })
+    job.status
+        .as_ref()
+        .is_some_and(|s| s.executor.is_some() && !s.state.is_some_and(JobState::is_terminal))
 }
 
 /// Whether a job waits for a slot: pending with no executor yet and not cancelled.
@@ -139,15 +139,11 @@ pub fn admit(
         .collect();
     let holders = in_pool
         .iter()
-        .filter(|j| {
-            holds_slot(j) || j.uid().is_some_and(|uid| admitted_in_flight.contains(&uid))
-        })
+        .filter(|j| holds_slot(j) || j.uid().is_some_and(|uid| admitted_in_flight.contains(&uid)))
         .count();
     let mut waiting: Vec<Arc<DataJob>> = in_pool
         .iter()
-        .filter(|j| {
-            awaits_slot(j) && !j.uid().is_some_and(|uid| admitted_in_flight.contains(&uid))
-        })
+        .filter(|j| awaits_slot(j) && !j.uid().is_some_and(|uid| admitted_in_flight.contains(&uid)))
         .map(|j| Arc::clone(j))
         .collect();
     queue_order(&mut waiting);
@@ -174,7 +170,12 @@ pub fn pool_view(job: &DataJob, pool: Option<&ComputePool>, admitted: bool) -> P
 }
 
 /// Builds the observation of one job.
-pub fn observation(job: &DataJob, pods: Vec<ObservedPod>, pool: PoolView, now: Timestamp) -> Observation {
+pub fn observation(
+    job: &DataJob,
+    pods: Vec<ObservedPod>,
+    pool: PoolView,
+    now: Timestamp,
+) -> Observation {
     Observation {
         now,
         name: job.name_any(),

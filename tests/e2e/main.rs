@@ -1,0 +1,603 @@
+//! End-to-end tests of the operator on the real local control plane (`hack/cluster.sh`): each
+//! test has its own namespace and its own operator process, and synchronises on watches of the
+//! objects, never on sleeps.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod fixture;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use datajob_operator::api::{ComputePool, DataJob, JobState};
+use datajob_operator::executor::{LABEL_JOB_UID, LABEL_ROLE};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use common::{TestNamespace, admin_client, kubectl, wait_deleted, wait_for};
+use fixture::*;
+
+struct Env {
+    client: Client,
+    ns: TestNamespace,
+    jobs: Api<DataJob>,
+    pods: Api<Pod>,
+    operator: Operator,
+}
+
+async fn env(prefix: &str) -> Env {
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let operator = Operator::start(ns.name());
+    Env {
+        jobs: Api::namespaced(client.clone(), ns.name()),
+        pods: Api::namespaced(client.clone(), ns.name()),
+        client,
+        ns,
+        operator,
+    }
+}
+
+impl Env {
+    async fn create(&self, job: &DataJob) -> DataJob {
+        self.jobs
+            .create(&PostParams::default(), job)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create DataJob {}: {e}", job.name_any()))
+    }
+
+    async fn finish(self) {
+        drop(self.operator);
+        self.ns.cleanup().await;
+    }
+}
+
+async fn create_pool(client: &Client, pool: &ComputePool) {
+    Api::<ComputePool>::all(client.clone())
+        .create(&PostParams::default(), pool)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create ComputePool {}: {e}", pool.name_any()));
+}
+
+async fn delete_pool(client: &Client, name: &str) {
+    let _ = Api::<ComputePool>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+async fn events_for(client: &Client, namespace: &str, job: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job))
+        .collect()
+}
+
+fn states(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn shared_job_runs_to_completed_with_the_drivers_result() {
+    let env = env("e2e-shared").await;
+    let log = StateLog::start(&env.client, env.ns.name(), "report");
+    let job = env
+        .create(&datajob("report", json!({ "clusterType": "shared" })))
+        .await;
+    wait_state(&env.jobs, "report", JobState::Running).await;
+    let pods = wait_pods_running(&env.pods, &job, 1).await;
+    let driver = &pods[0];
+    let labels = driver.labels();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "datajob-operator");
+    assert_eq!(labels[LABEL_ROLE], "driver");
+    assert_eq!(labels["datajob.dev/cluster-type"], "shared");
+    assert_eq!(labels["datajob.dev/data-plane"], "dp-e2e");
+    assert_eq!(labels[LABEL_JOB_UID], job.uid().expect("uid"));
+    assert_eq!(driver.owner_references()[0].uid, job.uid().expect("uid"));
+    let spec = driver.spec.as_ref().expect("pod spec");
+    assert_eq!(spec.termination_grace_period_seconds, Some(2));
+    let container = &spec.containers[0];
+    let env_names: BTreeSet<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    for var in [
+        "DATAJOB_ID",
+        "DATAJOB_TYPE",
+        "DATAJOB_NQL",
+        "DATAJOB_COMPILED_SQL",
+        "DATAJOB_DATASET_ID",
+        "DATAJOB_STATS_ENABLED",
+        "DATAJOB_DATA_PLANE",
+        "DATAJOB_COMPUTE_POOL",
+        "DATAJOB_CLUSTER_TYPE",
+        "DATAJOB_ROLE",
+    ] {
+        assert!(env_names.contains(var), "{var} missing from {env_names:?}");
+    }
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("security context");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+
+    exit_pod(&env.pods, &driver.name_any(), 0, MATERIALIZE_RESULT).await;
+    let done = wait_state(&env.jobs, "report", JobState::Completed).await;
+    let status = done.status.expect("status");
+    let result = status.result.expect("result recorded");
+    assert_eq!(result.snapshot_id, Some(739_881_302_291_276_700));
+    assert_eq!(result.dataset_id, Some(6404));
+    assert_eq!(
+        result.recalculation_id.as_deref(),
+        Some("abf9a2ec-426b-4751-bd16-fcb435061925")
+    );
+    assert!(status.completed_at.is_some());
+    assert_eq!(status.job_id, job.uid());
+    // The exact 64-bit id as the API server stores it, through kubectl.
+    let out = kubectl()
+        .args(["get", "dj", "report", "-n", env.ns.name(), "-o"])
+        .arg("jsonpath={.status.result.snapshotId}")
+        .output()
+        .expect("kubectl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "739881302291276700");
+    let seen = log.stop_after(JobState::Completed).await;
+    println!("shared job states: {:?}", seen.states);
+    assert_eq!(seen.states, states(&["pending", "running", "completed"]));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn dedicated_job_gets_driver_and_workers_on_its_pools_nodes_and_completes() {
+    let env = env("e2e-dedicated").await;
+    let pool = format!("dedicated-{}", env.ns.name());
+    create_pool(
+        &env.client,
+        &compute_pool(
+            &pool,
+            json!({ "clusterType": "dedicated", "nodeSelector": { "datajob.dev/node-group": "b" } }),
+        ),
+    )
+    .await;
+    let log = StateLog::start(&env.client, env.ns.name(), "forecast");
+    let job = env
+        .create(&datajob(
+            "forecast",
+            json!({ "type": "nql-forecast", "computePool": pool, "executor": { "workers": 2 } }),
+        ))
+        .await;
+    wait_state(&env.jobs, "forecast", JobState::Running).await;
+    let pods = wait_pods_running(&env.pods, &job, 3).await;
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    for pod in &pods {
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .expect("scheduled");
+        let node = nodes.get(&node_name).await.expect("node exists");
+        assert_eq!(node.labels()["datajob.dev/node-group"], "b", "{node_name}");
+        assert!(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.affinity.as_ref())
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .is_some(),
+            "dedicated pods keep other jobs off their nodes"
+        );
+    }
+    let roles: Vec<&str> = pods
+        .iter()
+        .map(|p| p.labels()[LABEL_ROLE].as_str())
+        .collect();
+    assert_eq!(roles.iter().filter(|r| **r == "worker").count(), 2);
+    let status = env
+        .jobs
+        .get("forecast")
+        .await
+        .expect("job")
+        .status
+        .expect("status");
+    assert_eq!(status.cluster_type.map(|c| c.as_str()), Some("dedicated"));
+
+    let driver = pods
+        .iter()
+        .find(|p| p.labels()[LABEL_ROLE] == "driver")
+        .expect("driver");
+    exit_pod(
+        &env.pods,
+        &driver.name_any(),
+        0,
+        r#"{"forecast": {"horizonDays": 7, "values": [1.5, 2.25]}}"#,
+    )
+    .await;
+    let done = wait_state(&env.jobs, "forecast", JobState::Completed).await;
+    let forecast = done
+        .status
+        .and_then(|s| s.result)
+        .and_then(|r| r.forecast)
+        .expect("forecast");
+    assert_eq!(forecast["horizonDays"], 7);
+    // Workers still running are released once the job completed.
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let left: Vec<Pod> = job_pods(&env.pods, &job)
+            .await
+            .into_iter()
+            .filter(|p| p.labels()[LABEL_ROLE] == "worker")
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers were not released: {}",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let seen = log.stop_after(JobState::Completed).await;
+    println!("dedicated job states: {:?}", seen.states);
+    assert_eq!(seen.states, states(&["pending", "running", "completed"]));
+    let client = env.client.clone();
+    env.finish().await;
+    delete_pool(&client, &pool).await;
+}
+
+#[tokio::test]
+async fn failing_driver_fails_the_job_with_its_reason() {
+    let env = env("e2e-fail").await;
+    let log = StateLog::start(&env.client, env.ns.name(), "broken");
+    let job = env.create(&datajob("broken", json!({}))).await;
+    let pods = wait_pods_running(&env.pods, &job, 1).await;
+    exit_pod(
+        &env.pods,
+        &pods[0].name_any(),
+        3,
+        r#"{"reason": "QueryError", "message": "table company_data.6402 not found"}"#,
+    )
+    .await;
+    let failed = wait_state(&env.jobs, "broken", JobState::Failed).await;
+    let status = failed.status.expect("status");
+    assert_eq!(status.failures.len(), 1);
+    assert_eq!(status.failures[0].reason, "DriverFailed");
+    assert!(status.failures[0].message.contains("QueryError"));
+    assert!(
+        status.failures[0]
+            .message
+            .contains("table company_data.6402 not found")
+    );
+    let failed_condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("Failed condition");
+    assert_eq!(failed_condition.status, "True");
+    let seen = log.stop_after(JobState::Failed).await;
+    println!("failing job states: {:?}", seen.states);
+    assert_eq!(seen.states, states(&["pending", "running", "failed"]));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn cancel_from_pending_tears_down_then_records_cancelled() {
+    let env = env("e2e-cancel-pending").await;
+    // A pool whose node selector matches no node keeps the executor pod unscheduled, so the
+    // job stays pending with a pod.
+    let pool = format!("nowhere-{}", env.ns.name());
+    create_pool(
+        &env.client,
+        &compute_pool(
+            &pool,
+            json!({ "nodeSelector": { "datajob.dev/node-group": "none" } }),
+        ),
+    )
+    .await;
+    let log = StateLog::start(&env.client, env.ns.name(), "stuck");
+    let job = env
+        .create(&datajob("stuck", json!({ "computePool": pool })))
+        .await;
+    let deadline = tokio::time::Instant::now() + STEP;
+    while job_pods(&env.pods, &job).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no executor pod was created"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(state(&env.jobs.get("stuck").await.expect("job")), "pending");
+    cancel(&env.jobs, "stuck", "wrong dataset").await;
+    let cancelled = wait_state(&env.jobs, "stuck", JobState::Cancelled).await;
+    let status = cancelled.status.expect("status");
+    let cancellation = status.cancellation.expect("cancellation recorded");
+    assert_eq!(cancellation.reason.as_deref(), Some("wrong dataset"));
+    assert!(status.completed_at.is_some());
+    assert_eq!(status.active_executors, Some(0));
+    let seen = log.stop_after(JobState::Cancelled).await;
+    println!("cancel from pending states: {:?}", seen.states);
+    assert_eq!(
+        seen.states,
+        states(&["pending", "pending_cancellation", "cancelled"])
+    );
+    assert_eq!(seen.pods_when_cancelled, Some(0));
+    let client = env.client.clone();
+    env.finish().await;
+    delete_pool(&client, &pool).await;
+}
+
+#[tokio::test]
+async fn cancel_from_running_waits_for_graceful_pod_termination() {
+    let env = env("e2e-cancel-running").await;
+    let log = StateLog::start(&env.client, env.ns.name(), "long");
+    let job = env
+        .create(&datajob(
+            "long",
+            json!({ "clusterType": "dedicated", "executor": { "workers": 1, "terminationGracePeriodSeconds": 3 } }),
+        ))
+        .await;
+    wait_state(&env.jobs, "long", JobState::Running).await;
+    wait_pods_running(&env.pods, &job, 2).await;
+    cancel(&env.jobs, "long", "superseded").await;
+    let pending = wait_state(&env.jobs, "long", JobState::PendingCancellation).await;
+    let requested = pending
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "CancellationRequested")
+        })
+        .expect("CancellationRequested condition");
+    assert_eq!(requested.status, "True");
+    wait_state(&env.jobs, "long", JobState::Cancelled).await;
+    assert!(job_pods(&env.pods, &job).await.is_empty());
+    let seen = log.stop_after(JobState::Cancelled).await;
+    println!("cancel from running states: {:?}", seen.states);
+    assert_eq!(
+        seen.states,
+        states(&["pending", "running", "pending_cancellation", "cancelled"])
+    );
+    assert_eq!(seen.pods_when_cancelled, Some(0));
+    let reasons: BTreeSet<String> = events_for(&env.client, env.ns.name(), "long")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for reason in ["Pending", "Running", "CancellationRequested", "Cancelled"] {
+        assert!(reasons.contains(reason), "no {reason} event in {reasons:?}");
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn cancel_of_completed_job_is_a_no_op_with_an_event() {
+    let env = env("e2e-cancel-done").await;
+    let job = env.create(&datajob("done", json!({}))).await;
+    let pods = wait_pods_running(&env.pods, &job, 1).await;
+    exit_pod(&env.pods, &pods[0].name_any(), 0, MATERIALIZE_RESULT).await;
+    let completed = wait_state(&env.jobs, "done", JobState::Completed).await;
+    let before = completed.status.clone().expect("status");
+    cancel(&env.jobs, "done", "too late").await;
+    let generation = env.jobs.get("done").await.expect("job").metadata.generation;
+    let after = wait_for(&env.jobs, "done", STEP, |j: &DataJob| {
+        j.status.as_ref().and_then(|s| s.observed_generation) == generation
+    })
+    .await;
+    let status = after.status.expect("status");
+    assert_eq!(status.state, Some(JobState::Completed));
+    assert_eq!(status.result, before.result);
+    assert_eq!(status.completed_at, before.completed_at);
+    assert!(status.cancellation.is_none());
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let events = events_for(&env.client, env.ns.name(), "done").await;
+        if events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("CancellationIgnored"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no CancellationIgnored event"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn withdrawing_a_cancel_or_changing_an_immutable_field_is_rejected() {
+    let env = env("e2e-cel").await;
+    env.create(&datajob("fixed", json!({}))).await;
+    cancel(&env.jobs, "fixed", "stop").await;
+    let withdraw = env
+        .jobs
+        .patch(
+            "fixed",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": { "cancel": false } })),
+        )
+        .await
+        .expect_err("withdrawing a cancel is rejected");
+    assert!(
+        withdraw
+            .to_string()
+            .contains("cancellation cannot be withdrawn; delete the DataJob instead"),
+        "{withdraw}"
+    );
+    let out = kubectl()
+        .args([
+            "patch",
+            "dj",
+            "fixed",
+            "-n",
+            env.ns.name(),
+            "--type",
+            "merge",
+            "-p",
+        ])
+        .arg(r#"{"spec":{"input":{"nql":"SELECT 2","datasetId":6404}}}"#)
+        .output()
+        .expect("kubectl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("spec.input is immutable; create a new DataJob instead"),
+        "{stderr}"
+    );
+    let missing = env
+        .jobs
+        .create(
+            &PostParams::default(),
+            &datajob("no-dataset", json!({ "input": { "datasetId": null } })),
+        )
+        .await
+        .expect_err("materialize-view without datasetId is rejected");
+    assert!(
+        missing
+            .to_string()
+            .contains("spec.input.datasetId is required for materialize-view jobs"),
+        "{missing}"
+    );
+    let bad_plane = env
+        .jobs
+        .create(
+            &PostParams::default(),
+            &datajob("bad-plane", json!({ "dataPlane": "Not_A_Label" })),
+        )
+        .await
+        .expect_err("a dataPlane that is not a DNS label is rejected");
+    assert!(bad_plane.to_string().contains("dataPlane"), "{bad_plane}");
+    // cancelReason may still change after the request.
+    env.jobs
+        .patch(
+            "fixed",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": { "cancelReason": "stop, really" } })),
+        )
+        .await
+        .expect("cancelReason stays mutable");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn deleting_a_running_job_removes_its_pods_before_the_object() {
+    let env = env("e2e-delete").await;
+    let job = env
+        .create(&datajob(
+            "doomed",
+            json!({ "executor": { "terminationGracePeriodSeconds": 3 } }),
+        ))
+        .await;
+    wait_state(&env.jobs, "doomed", JobState::Running).await;
+    wait_pods_running(&env.pods, &job, 1).await;
+    env.jobs
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete DataJob");
+    // The finalizer keeps the job while its pod terminates gracefully.
+    let terminating = env
+        .jobs
+        .get("doomed")
+        .await
+        .expect("still present during teardown");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert!(
+        terminating
+            .finalizers()
+            .iter()
+            .any(|f| f == "datajob.dev/teardown")
+    );
+    wait_deleted(&env.jobs, "doomed", STEP).await;
+    assert!(
+        job_pods(&env.pods, &job).await.is_empty(),
+        "pods outlived their DataJob"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn operator_killed_during_teardown_still_ends_cancelled_without_leaks() {
+    let mut env = env("e2e-kill").await;
+    let log = StateLog::start(&env.client, env.ns.name(), "victim");
+    let job = env
+        .create(&datajob(
+            "victim",
+            json!({ "clusterType": "dedicated", "executor": { "workers": 2, "terminationGracePeriodSeconds": 4 } }),
+        ))
+        .await;
+    wait_state(&env.jobs, "victim", JobState::Running).await;
+    wait_pods_running(&env.pods, &job, 3).await;
+    cancel(&env.jobs, "victim", "kill test").await;
+    wait_state(&env.jobs, "victim", JobState::PendingCancellation).await;
+    let pods = job_pods(&env.pods, &job).await;
+    assert!(
+        !pods.is_empty(),
+        "pods are still terminating when the operator dies"
+    );
+    env.operator.kill();
+    env.operator.restart();
+    wait_state(&env.jobs, "victim", JobState::Cancelled).await;
+    assert!(job_pods(&env.pods, &job).await.is_empty());
+    let seen = log.stop_after(JobState::Cancelled).await;
+    println!("killed-operator states: {:?}", seen.states);
+    assert_eq!(
+        seen.states,
+        states(&["pending", "running", "pending_cancellation", "cancelled"])
+    );
+    assert_eq!(seen.pods_when_cancelled, Some(0));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn fifty_jobs_cancelled_at_once_all_end_cancelled_with_no_pods_left() {
+    let env = env("e2e-fifty").await;
+    let names: Vec<String> = (0..50).map(|i| format!("bulk-{i:02}")).collect();
+    for name in &names {
+        env.create(&datajob(
+            name,
+            json!({ "executor": { "terminationGracePeriodSeconds": 1 } }),
+        ))
+        .await;
+    }
+    for name in &names {
+        wait_for(&env.jobs, name, STEP, |j: &DataJob| {
+            j.status.as_ref().is_some_and(|s| s.executor.is_some())
+        })
+        .await;
+    }
+    let cancels = names
+        .iter()
+        .map(|name| cancel(&env.jobs, name, "bulk cancel"));
+    futures::future::join_all(cancels).await;
+    for name in &names {
+        let job = wait_for(&env.jobs, name, Duration::from_secs(180), |j: &DataJob| {
+            state(j) == "cancelled"
+        })
+        .await;
+        assert!(
+            job.status
+                .as_ref()
+                .and_then(|s| s.cancellation.as_ref())
+                .is_some(),
+            "{name} recorded its cancellation"
+        );
+    }
+    let left = env
+        .pods
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=datajob-operator"))
+        .await
+        .expect("list pods")
+        .items;
+    assert!(left.is_empty(), "{} executor pods left", left.len());
+    env.finish().await;
+}
