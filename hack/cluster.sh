@@ -17,13 +17,11 @@
 # of the name mod 300). Ports: base+0 kube-apiserver, +1 etcd client, +2 etcd peer,
 # +3 kube-controller-manager, +4 kube-scheduler, +5 kwok. See docs/control-plane.md.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=lib/versions.sh
 source "$ROOT/hack/lib/versions.sh"
-# shellcheck source=lib/build.sh
 source "$ROOT/hack/lib/build.sh"
-# shellcheck source=lib/pki.sh
 source "$ROOT/hack/lib/pki.sh"
 
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
@@ -83,7 +81,9 @@ if [[ -f $STATE/cluster.env ]]; then
   PORT_BASE=$recorded
 fi
 PORT_BASE=${PORT_BASE:-$(default_port_base "$NAME")}
-[[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE <= 65525)) || die "bad port base '$PORT_BASE'"
+if ! [[ $PORT_BASE =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65525)); then
+  die "bad port base '$PORT_BASE'"
+fi
 
 APISERVER_PORT=$PORT_BASE
 ETCD_PORT=$((PORT_BASE + 1))
@@ -263,7 +263,8 @@ EOF
 }
 
 cmd_up() {
-  local t0=$SECONDS
+  local t0=$SECONDS c
+  trap '(($? == 0)) || log "up failed; logs are in $LOGS; clean up with: hack/cluster.sh --name $NAME down"' EXIT
   command -v openssl >/dev/null || die "openssl is required"
   command -v go >/dev/null || die "go is required to build the control plane (or set KUBEBUILDER_ASSETS / TEST_ASSET_*)"
   resolve_binaries || die "could not build or find the control plane's binaries"
@@ -272,10 +273,12 @@ cmd_up() {
   mkdir -p "$STATE" "$LOGS" "$PIDS" "$STATE/etcd" "$STATE/certs"
   chmod 700 "$STATE"
   write_pki
-  write_kwok_config
-  write_cluster_env
+  # A running component keeps its configuration: `up` on a running cluster changes nothing.
+  live_pid kwok >/dev/null || write_kwok_config
+  local any_live=0
+  for c in "${COMPONENTS[@]}"; do live_pid "$c" >/dev/null && any_live=1; done
+  ((any_live)) || write_cluster_env
 
-  local c
   for c in "${COMPONENTS[@]}"; do
     if ! live_pid "$c" >/dev/null; then
       local port
@@ -290,7 +293,7 @@ cmd_up() {
   done
 
   start etcd "$BIN_ETCD" \
-    --name=datajob-$NAME \
+    --name="datajob-$NAME" \
     --data-dir="$STATE/etcd" \
     --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
     --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
@@ -387,10 +390,11 @@ Stop it with:      hack/cluster.sh --name $NAME down
 EOF
 }
 
+# Ready and untainted (the node lifecycle controller removes its not-ready taint shortly after).
 nodes_ready() {
   local ready
   ready=$(kubectl_admin get nodes -l type=kwok \
-    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -cx True)
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}/{.spec.taints}{"\n"}{end}' | grep -cx 'True/')
   ((ready >= NODES))
 }
 
@@ -408,6 +412,7 @@ cmd_env() {
   printf 'export DATAJOB_KUBECONFIG_BOB=%q\n' "$STATE/kubeconfig-bob"
   printf 'export DATAJOB_KUBECTL=%q\n' "$BIN_KUBECTL"
   printf 'export DATAJOB_CLUSTER=%q\n' "$NAME"
+  # shellcheck disable=SC2016 # $PATH is expanded by the shell that evaluates this line
   printf 'export PATH=%q:"$PATH"\n' "$dirs"
 }
 
@@ -426,9 +431,9 @@ cmd_status() {
     if pid=$(live_pid "$c"); then
       health="-"
       if [[ $c == etcd ]]; then
-        port_in_use "$ETCD_PORT" && health="listening on $ETCD_PORT" || { health="not listening"; rc=1; }
+        if port_in_use "$ETCD_PORT"; then health="listening on $ETCD_PORT"; else health="not listening"; rc=1; fi
       elif [[ $c == kube-apiserver ]]; then
-        kubectl_admin get --raw /readyz >/dev/null 2>&1 && health="readyz ok" || { health="readyz failing"; rc=1; }
+        if kubectl_admin get --raw /readyz >/dev/null 2>&1; then health="readyz ok"; else health="readyz failing"; rc=1; fi
       elif healthy "$url"; then
         health="${url##*/} ok"
       else

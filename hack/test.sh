@@ -47,7 +47,7 @@ finish() {
   if ((rc != 0)) && [[ -d $STATE/logs ]]; then
     # The state folder goes with the cluster: keep its logs for a post-mortem.
     local keep="$ROOT/target/cluster-logs/$NAME"
-    rm -rf "$keep" && mkdir -p "$keep" && cp -r "$STATE/logs/." "$keep/" || true
+    { rm -rf "$keep" && mkdir -p "$keep" && cp -r "$STATE/logs/." "$keep/"; } || true
     stamp "tests failed (exit $rc); the cluster's logs are kept in $keep"
     local f
     for f in "$keep"/*.log; do
