@@ -1,0 +1,1220 @@
+//! The Helm chart in `charts/datajob-operator` and the manifests in `examples/`.
+//!
+//! Offline (helm only): the chart's CRDs are the generated ones, `helm lint` is clean, the
+//! rendered RBAC grants the operator exactly what it needs and nothing else, the aggregated user
+//! roles split read from write, the Deployment runs the operator as documented, and the examples
+//! are valid DataJobs and ComputePools.
+//!
+//! Against the real cluster (`KUBECONFIG`, see tests/common): `helm install` into a fresh
+//! namespace under the "restricted" Pod Security Standard, then the API server itself
+//! (SubjectAccessReview, and real requests as the users alice and bob) confirms the permissions.
+//!
+//! Helm is `$HELM`, else `helm` on `PATH` (`eval "$(hack/cluster.sh env)"` puts it there).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use datajob_operator::api::{ComputePool, DataJob};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/datajob-operator");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+/// `helm template` assumes Kubernetes 1.20 unless told; the chart requires >= 1.32.
+const KUBE_VERSION: &str = "1.33.0";
+const RELEASE_NAMESPACE: &str = "datajob-system";
+
+// --- helm -------------------------------------------------------------------------------------
+
+/// The helm binary: `$HELM`, else `helm` from `PATH`. Panics with how to get one.
+fn helm_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("HELM").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "HELM={} is not a file; point HELM at a helm v3 binary",
+            path.display()
+        );
+        return path;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join("helm"))
+        .find(|candidate| candidate.is_file());
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "helm not found: set HELM=/path/to/helm or put helm on PATH \
+             (`eval \"$(hack/cluster.sh env)\"` does; hack/cluster.sh up builds it into \
+             ~/.cache/datajob-operator/bin/helm-*/helm)"
+        )
+    })
+}
+
+fn helm(args: &[&str]) -> Output {
+    let helm = helm_binary();
+    Command::new(&helm)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", helm.display()))
+}
+
+/// Runs helm and returns its stdout; panics with its output on failure.
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "helm {} failed ({}):\n{stdout}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The chart rendered with `sets` (`key=value`), one YAML value per document.
+fn render(sets: &[&str]) -> Vec<serde_yaml::Value> {
+    let mut args = vec![
+        "template",
+        "rel",
+        CHART,
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    yaml_documents(&helm_ok(&args))
+}
+
+fn yaml_documents(text: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("helm output is YAML"))
+        .filter(|doc: &serde_yaml::Value| !doc.is_null())
+        .collect()
+}
+
+fn kind_of(doc: &serde_yaml::Value) -> &str {
+    doc.get("kind").and_then(|k| k.as_str()).unwrap_or("")
+}
+
+/// Every rendered object of kind `kind`, typed.
+fn objects<T: DeserializeOwned>(docs: &[serde_yaml::Value], kind: &str) -> Vec<T> {
+    docs.iter()
+        .filter(|doc| kind_of(doc) == kind)
+        .map(|doc| {
+            serde_yaml::from_value(doc.clone())
+                .unwrap_or_else(|e| panic!("rendered {kind} does not parse: {e}\n{doc:?}"))
+        })
+        .collect()
+}
+
+// --- RBAC as data -----------------------------------------------------------------------------
+
+/// Where a grant applies: `*` for cluster-wide, else a namespace.
+type Scope = String;
+/// (API group, resource[/subresource]) -> verbs.
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+
+const CLUSTER_WIDE: &str = "*";
+
+fn add_rules(grants: &mut Grants, rules: &[PolicyRule], role: &str) {
+    for rule in rules {
+        assert!(
+            rule.resource_names.as_ref().is_none_or(Vec::is_empty),
+            "{role}: resourceNames were not expected: {rule:?}"
+        );
+        assert!(
+            rule.non_resource_urls.as_ref().is_none_or(Vec::is_empty),
+            "{role}: non-resource URLs were not expected: {rule:?}"
+        );
+        let groups = rule.api_groups.clone().unwrap_or_default();
+        let resources = rule.resources.clone().unwrap_or_default();
+        assert!(
+            !groups.is_empty() && !resources.is_empty(),
+            "{role}: empty rule {rule:?}"
+        );
+        for group in &groups {
+            for resource in &resources {
+                grants
+                    .entry((group.clone(), resource.clone()))
+                    .or_default()
+                    .extend(rule.verbs.iter().cloned());
+            }
+        }
+    }
+}
+
+fn grants(entries: &[(&str, &str, &[&str])]) -> Grants {
+    entries
+        .iter()
+        .map(|(group, resource, verbs)| {
+            (
+                (group.to_string(), resource.to_string()),
+                verbs.iter().map(|v| v.to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+fn binds_to(subjects: &Option<Vec<Subject>>, namespace: &str, service_account: &str) -> bool {
+    subjects.iter().flatten().any(|s| {
+        s.kind == "ServiceAccount"
+            && s.name == service_account
+            && s.namespace.as_deref() == Some(namespace)
+    })
+}
+
+/// What the rendered bindings grant the ServiceAccount `namespace/service_account`, per scope.
+fn granted_to(
+    docs: &[serde_yaml::Value],
+    namespace: &str,
+    service_account: &str,
+) -> BTreeMap<Scope, Grants> {
+    let cluster_roles: BTreeMap<String, ClusterRole> = objects::<ClusterRole>(docs, "ClusterRole")
+        .into_iter()
+        .map(|r| (r.name_any(), r))
+        .collect();
+    let roles: BTreeMap<(String, String), Role> = objects::<Role>(docs, "Role")
+        .into_iter()
+        .map(|r| ((r.namespace().unwrap_or_default(), r.name_any()), r))
+        .collect();
+    let cluster_rules = |name: &str| {
+        cluster_roles
+            .get(name)
+            .unwrap_or_else(|| panic!("bound ClusterRole {name} is not part of the chart"))
+            .rules
+            .clone()
+            .unwrap_or_default()
+    };
+    let mut out: BTreeMap<Scope, Grants> = BTreeMap::new();
+    for binding in objects::<ClusterRoleBinding>(docs, "ClusterRoleBinding") {
+        if binds_to(&binding.subjects, namespace, service_account) {
+            assert_eq!(binding.role_ref.kind, "ClusterRole");
+            let name = binding.role_ref.name;
+            add_rules(
+                out.entry(CLUSTER_WIDE.into()).or_default(),
+                &cluster_rules(&name),
+                &name,
+            );
+        }
+    }
+    for binding in objects::<RoleBinding>(docs, "RoleBinding") {
+        if binds_to(&binding.subjects, namespace, service_account) {
+            let scope = binding.namespace().expect("a RoleBinding has a namespace");
+            let name = binding.role_ref.name;
+            let rules = match binding.role_ref.kind.as_str() {
+                "Role" => roles
+                    .get(&(scope.clone(), name.clone()))
+                    .unwrap_or_else(|| panic!("bound Role {scope}/{name} is not part of the chart"))
+                    .rules
+                    .clone()
+                    .unwrap_or_default(),
+                _ => cluster_rules(&name),
+            };
+            add_rules(out.entry(scope).or_default(), &rules, &name);
+        }
+    }
+    out
+}
+
+/// The operator's needs on namespaced objects (see docs/rbac.md).
+fn namespaced_needs() -> Grants {
+    grants(&[
+        (
+            "datajob.dev",
+            "datajobs",
+            &["get", "list", "watch", "patch", "update", "delete"],
+        ),
+        (
+            "datajob.dev",
+            "datajobs/status",
+            &["get", "patch", "update"],
+        ),
+        ("datajob.dev", "datajobs/finalizers", &["update"]),
+        ("", "pods", &["get", "list", "watch", "create", "delete"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+    ])
+}
+
+/// The operator's needs on the cluster-scoped ComputePools.
+fn pool_needs() -> Grants {
+    grants(&[
+        ("datajob.dev", "computepools", &["get", "list", "watch"]),
+        (
+            "datajob.dev",
+            "computepools/status",
+            &["get", "patch", "update"],
+        ),
+    ])
+}
+
+fn lease_needs() -> Grants {
+    grants(&[(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update"],
+    )])
+}
+
+fn service_account_name(docs: &[serde_yaml::Value]) -> String {
+    let accounts = objects::<ServiceAccount>(docs, "ServiceAccount");
+    assert_eq!(accounts.len(), 1, "the chart makes one ServiceAccount");
+    let name = accounts[0].name_any();
+    let deployment = the_deployment(docs);
+    let pod_spec = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    assert_eq!(
+        pod_spec.service_account_name.as_deref(),
+        Some(name.as_str()),
+        "the operator runs as the chart's ServiceAccount"
+    );
+    name
+}
+
+fn the_deployment(docs: &[serde_yaml::Value]) -> Deployment {
+    let mut deployments = objects::<Deployment>(docs, "Deployment");
+    assert_eq!(deployments.len(), 1, "the chart makes one Deployment");
+    deployments.remove(0)
+}
+
+fn cluster_role<'a>(roles: &'a [ClusterRole], name: &str) -> &'a ClusterRole {
+    roles
+        .iter()
+        .find(|r| r.name_any() == name)
+        .unwrap_or_else(|| panic!("no ClusterRole {name} in the chart"))
+}
+
+fn role_grants(role: &ClusterRole) -> Grants {
+    let mut out = Grants::new();
+    add_rules(
+        &mut out,
+        role.rules.as_deref().unwrap_or_default(),
+        &role.name_any(),
+    );
+    out
+}
+
+fn allows(grants: &Grants, group: &str, resource: &str, verb: &str) -> bool {
+    grants
+        .get(&(group.to_string(), resource.to_string()))
+        .is_some_and(|verbs| verbs.contains(verb))
+}
+
+// --- offline tests ----------------------------------------------------------------------------
+
+#[test]
+fn chart_crds_are_the_generated_crds() {
+    let generated = datajob_operator::api::crds_yaml().expect("CRDs render");
+    let path = Path::new(CHART).join("crds/datajob-operator.yaml");
+    let in_chart = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert!(
+        generated == in_chart,
+        "charts/datajob-operator/crds/datajob-operator.yaml is stale; regenerate it with \
+         `cargo run -q -- crd > charts/datajob-operator/crds/datajob-operator.yaml`"
+    );
+    let entries: Vec<_> = std::fs::read_dir(Path::new(CHART).join("crds"))
+        .expect("crds/ is readable")
+        .map(|e| e.expect("crds/ entry").file_name())
+        .collect();
+    assert_eq!(
+        entries,
+        ["datajob-operator.yaml"],
+        "crds/ holds the generated file only"
+    );
+}
+
+#[test]
+fn helm_lint_is_clean() {
+    for sets in [
+        vec![],
+        vec!["watchNamespace=team-a", "dataPlane=dp-1", "replicas=2"],
+        vec![
+            "rbac.aggregatedRoles.create=false",
+            "metrics.service.enabled=false",
+        ],
+    ] {
+        let mut args = vec!["lint", "--strict", CHART];
+        for set in &sets {
+            args.extend(["--set", set]);
+        }
+        let out = helm_ok(&args);
+        assert!(
+            !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "helm lint {sets:?} is not clean:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn invalid_values_are_rejected() {
+    for set in [
+        "logFormat=xml",
+        "watchNamespace=Not_A_Namespace",
+        "concurrency=0",
+    ] {
+        let out = helm(&["lint", CHART, "--set", set]);
+        assert!(
+            !out.status.success(),
+            "helm lint --set {set} should fail the values schema"
+        );
+    }
+}
+
+#[test]
+fn operator_rbac_grants_exactly_what_it_needs_cluster_wide() {
+    let docs = render(&[]);
+    let account = service_account_name(&docs);
+    let granted = granted_to(&docs, RELEASE_NAMESPACE, &account);
+
+    let mut cluster = namespaced_needs();
+    cluster.extend(pool_needs());
+    let expected = BTreeMap::from([
+        (CLUSTER_WIDE.to_string(), cluster),
+        (RELEASE_NAMESPACE.to_string(), lease_needs()),
+    ]);
+    assert_eq!(granted, expected);
+}
+
+#[test]
+fn operator_rbac_is_namespaced_when_watching_one_namespace() {
+    let docs = render(&["watchNamespace=team-a"]);
+    let account = service_account_name(&docs);
+    let granted = granted_to(&docs, RELEASE_NAMESPACE, &account);
+    let expected = BTreeMap::from([
+        // ComputePools are cluster-scoped: only a ClusterRole can grant them.
+        (CLUSTER_WIDE.to_string(), pool_needs()),
+        ("team-a".to_string(), namespaced_needs()),
+        (RELEASE_NAMESPACE.to_string(), lease_needs()),
+    ]);
+    assert_eq!(granted, expected);
+}
+
+#[test]
+fn no_role_in_the_chart_uses_wildcards_or_touches_secrets() {
+    for sets in [vec![], vec!["watchNamespace=team-a"]] {
+        let docs = render(&sets);
+        let mut rules: Vec<(String, PolicyRule)> = Vec::new();
+        for role in objects::<ClusterRole>(&docs, "ClusterRole") {
+            assert!(
+                role.aggregation_rule.is_none(),
+                "{}: no aggregation rule",
+                role.name_any()
+            );
+            let name = role.name_any();
+            rules.extend(
+                role.rules
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| (name.clone(), r)),
+            );
+        }
+        for role in objects::<Role>(&docs, "Role") {
+            let name = role.name_any();
+            rules.extend(
+                role.rules
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| (name.clone(), r)),
+            );
+        }
+        assert!(!rules.is_empty());
+        for (role, rule) in rules {
+            let words = rule
+                .verbs
+                .iter()
+                .chain(rule.resources.iter().flatten())
+                .chain(rule.api_groups.iter().flatten());
+            for word in words {
+                assert!(!word.contains('*'), "{role}: wildcard in {rule:?}");
+            }
+            for resource in rule.resources.iter().flatten() {
+                assert!(
+                    !["secrets", "configmaps", "serviceaccounts", "nodes"]
+                        .contains(&resource.as_str()),
+                    "{role}: unexpected access to {resource}"
+                );
+            }
+            for verb in &rule.verbs {
+                assert!(
+                    !["escalate", "bind", "impersonate"].contains(&verb.as_str()),
+                    "{role}: privilege verb {verb}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn datajob_edit_can_cancel_and_datajob_view_can_only_read() {
+    let docs = render(&[]);
+    let roles = objects::<ClusterRole>(&docs, "ClusterRole");
+    let view = cluster_role(&roles, "datajob-view");
+    let edit = cluster_role(&roles, "datajob-edit");
+
+    let label = |role: &ClusterRole, key: &str| {
+        role.labels()
+            .get(&format!("rbac.authorization.k8s.io/{key}"))
+            .map(String::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(label(view, "aggregate-to-view"), "true");
+    assert_eq!(label(edit, "aggregate-to-edit"), "true");
+    assert_eq!(label(edit, "aggregate-to-admin"), "true");
+    assert_eq!(
+        label(edit, "aggregate-to-view"),
+        "",
+        "write access must not reach `view`"
+    );
+
+    let view = role_grants(view);
+    let edit = role_grants(edit);
+    for verb in ["get", "list", "watch"] {
+        for resource in ["datajobs", "computepools"] {
+            assert!(
+                allows(&view, "datajob.dev", resource, verb),
+                "view: {verb} {resource}"
+            );
+            assert!(
+                allows(&edit, "datajob.dev", resource, verb),
+                "edit: {verb} {resource}"
+            );
+        }
+    }
+    // Cancelling is `kubectl patch dj NAME -p '{"spec":{"cancel":true}}'`.
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(
+            allows(&edit, "datajob.dev", "datajobs", verb),
+            "edit: {verb} datajobs"
+        );
+        assert!(
+            !allows(&view, "datajob.dev", "datajobs", verb),
+            "view must not {verb} datajobs"
+        );
+    }
+    for (grants, who) in [(&view, "view"), (&edit, "edit")] {
+        for verb in ["create", "update", "patch", "delete"] {
+            assert!(
+                !allows(grants, "datajob.dev", "datajobs/status", verb),
+                "{who}: status is the operator's"
+            );
+            assert!(
+                !allows(grants, "datajob.dev", "computepools", verb),
+                "{who}: pools are for cluster admins"
+            );
+        }
+    }
+}
+
+#[test]
+fn aggregated_role_names_are_configurable_and_optional() {
+    let docs = render(&[
+        "rbac.aggregatedRoles.viewName=team-datajob-view",
+        "rbac.aggregatedRoles.editName=team-datajob-edit",
+    ]);
+    let names: BTreeSet<String> = objects::<ClusterRole>(&docs, "ClusterRole")
+        .iter()
+        .map(|r| r.name_any())
+        .collect();
+    assert!(
+        names.contains("team-datajob-view") && names.contains("team-datajob-edit"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains("datajob-view") && !names.contains("datajob-edit"),
+        "{names:?}"
+    );
+
+    let docs = render(&["rbac.aggregatedRoles.create=false"]);
+    let names: Vec<String> = objects::<ClusterRole>(&docs, "ClusterRole")
+        .iter()
+        .map(|r| r.name_any())
+        .collect();
+    assert_eq!(names, ["rel-datajob-operator"]);
+}
+
+#[test]
+fn deployment_runs_the_operator_as_documented() {
+    let docs = render(&[
+        "watchNamespace=team-a",
+        "dataPlane=dp-1",
+        "executor.image=reg.example/exec:9",
+    ]);
+    let deployment = the_deployment(&docs);
+    let spec = deployment.spec.expect("deployment spec");
+    assert_eq!(spec.replicas, Some(1));
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.containers.len(), 1);
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/datajob-dev/datajob-operator:0.1.0")
+    );
+    let args = container.args.clone().unwrap_or_default();
+    for expected in [
+        "--log-format=json",
+        "--http-addr=0.0.0.0:8080",
+        "--executor-image=reg.example/exec:9",
+        "--concurrency=16",
+        "--namespace=team-a",
+        "--data-plane=dp-1",
+    ] {
+        assert!(
+            args.iter().any(|a| a == expected),
+            "missing {expected} in {args:?}"
+        );
+    }
+    let env = container.env.clone().unwrap_or_default();
+    let pod_name = env
+        .iter()
+        .find(|e| e.name == "POD_NAME")
+        .expect("POD_NAME env");
+    let field = pod_name
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("POD_NAME comes from a fieldRef");
+    assert_eq!(field.field_path, "metadata.name");
+
+    let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        probe_path(&container.liveness_probe).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(&container.readiness_probe).as_deref(),
+        Some("/readyz")
+    );
+    let port = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("http"));
+    assert_eq!(port.map(|p| p.container_port), Some(8080));
+    assert!(
+        container
+            .resources
+            .as_ref()
+            .is_some_and(|r| r.requests.is_some())
+    );
+
+    // The "restricted" Pod Security Standard.
+    let pod_security = pod.security_context.expect("pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    let seccomp = pod_security.seccomp_profile.expect("pod seccompProfile");
+    assert_eq!(seccomp.type_, "RuntimeDefault");
+    let security = container
+        .security_context
+        .clone()
+        .expect("container securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.run_as_non_root, Some(true));
+    let drop = security
+        .capabilities
+        .and_then(|c| c.drop)
+        .unwrap_or_default();
+    assert_eq!(drop, ["ALL"]);
+
+    let services: Vec<k8s_openapi::api::core::v1::Service> = objects(&docs, "Service");
+    assert_eq!(services.len(), 1, "the metrics Service");
+    let ports = services[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, 8080);
+}
+
+#[test]
+fn examples_are_valid_datajobs_and_computepools() {
+    let mut seen = BTreeMap::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(EXAMPLES)
+        .expect("examples/ is readable")
+        .map(|e| e.expect("examples/ entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let text = std::fs::read_to_string(&path).expect("example is readable");
+        for doc in yaml_documents(&text) {
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(
+                doc.get("apiVersion").and_then(|v| v.as_str()),
+                Some("datajob.dev/v1alpha1"),
+                "{file}"
+            );
+            let name = match kind_of(&doc) {
+                "DataJob" => {
+                    let job: DataJob = serde_yaml::from_value(doc.clone())
+                        .unwrap_or_else(|e| panic!("{file} is not a valid DataJob: {e}"));
+                    assert!(
+                        !job.spec.cancel,
+                        "{file}: an example must not start cancelled"
+                    );
+                    job.name_any()
+                }
+                "ComputePool" => {
+                    let pool: ComputePool = serde_yaml::from_value(doc.clone())
+                        .unwrap_or_else(|e| panic!("{file} is not a valid ComputePool: {e}"));
+                    pool.name_any()
+                }
+                other => panic!("{file}: unexpected kind {other:?}"),
+            };
+            seen.insert(file, name);
+        }
+    }
+    for file in [
+        "computepool-shared.yaml",
+        "computepool-dedicated.yaml",
+        "datajob-shared.yaml",
+        "datajob-dedicated.yaml",
+    ] {
+        assert!(
+            seen.contains_key(file),
+            "examples/{file} is missing: {seen:?}"
+        );
+    }
+
+    let read = |file: &str| std::fs::read_to_string(Path::new(EXAMPLES).join(file)).unwrap();
+    let shared: DataJob = serde_yaml::from_str(&read("datajob-shared.yaml")).unwrap();
+    assert_eq!(shared.spec.job_type.as_str(), "materialize-view");
+    assert_eq!(shared.spec.input.dataset_id, Some(6404));
+    assert!(shared.spec.input.stats_enabled);
+    assert_eq!(shared.spec.data_plane, "dp-local");
+    assert_eq!(shared.spec.compute_pool.as_deref(), Some("shared-pool"));
+
+    let dedicated: DataJob = serde_yaml::from_str(&read("datajob-dedicated.yaml")).unwrap();
+    assert_eq!(dedicated.spec.job_type.as_str(), "nql-forecast");
+    assert_eq!(
+        dedicated.spec.compute_pool.as_deref(),
+        Some("dedicated-pool")
+    );
+    let executor = dedicated.spec.executor.expect("executor settings");
+    assert_eq!(executor.workers, Some(2));
+    assert_eq!(executor.termination_grace_period_seconds, Some(5));
+
+    let pool: ComputePool = serde_yaml::from_str(&read("computepool-dedicated.yaml")).unwrap();
+    assert_eq!(pool.name_any(), "dedicated-pool");
+    assert_eq!(pool.spec.cluster_type.as_str(), "dedicated");
+    assert_eq!(
+        pool.spec
+            .node_selector
+            .get("datajob.dev/node-group")
+            .map(String::as_str),
+        Some("b")
+    );
+    let pool: ComputePool = serde_yaml::from_str(&read("computepool-shared.yaml")).unwrap();
+    assert_eq!(pool.name_any(), "shared-pool");
+    assert_eq!(pool.spec.cluster_type.as_str(), "shared");
+    assert_eq!(pool.spec.max_concurrent_jobs, 0);
+}
+
+// --- against the cluster ----------------------------------------------------------------------
+
+/// Uninstalls the release and removes what the test made (bindings, the namespace), also when
+/// the test panics.
+struct Installed {
+    release: String,
+    namespace: String,
+    cluster_role_bindings: Vec<String>,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let out = helm(&[
+            "uninstall",
+            &self.release,
+            "--namespace",
+            &self.namespace,
+            "--wait",
+            "--timeout",
+            "60s",
+        ]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: helm uninstall {} failed: {}",
+                self.release,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if !self.cluster_role_bindings.is_empty() {
+            let mut cmd = common::kubectl();
+            cmd.args(["delete", "clusterrolebinding", "--ignore-not-found"])
+                .args(&self.cluster_role_bindings);
+            match cmd.output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "warning: could not delete ClusterRoleBindings {:?}: {}",
+                    self.cluster_role_bindings,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => eprintln!("warning: cannot run kubectl: {e}"),
+            }
+        }
+        let deleted = common::kubectl()
+            .args([
+                "delete",
+                "namespace",
+                "--ignore-not-found",
+                "--wait=false",
+                &self.namespace,
+            ])
+            .output();
+        if !deleted.is_ok_and(|out| out.status.success()) {
+            eprintln!("warning: could not delete namespace {}", self.namespace);
+        }
+    }
+}
+
+/// What a SubjectAccessReview asks: `verb` on `resource` (`name` or `name/subresource`) of
+/// `group`, in `namespace` or cluster-wide.
+struct Ask<'a> {
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+    namespace: Option<&'a str>,
+}
+
+fn ask<'a>(
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+    namespace: Option<&'a str>,
+) -> Ask<'a> {
+    Ask {
+        verb,
+        group,
+        resource,
+        namespace,
+    }
+}
+
+async fn allowed(client: &Client, user: &str, groups: &[String], what: &Ask<'_>) -> bool {
+    let (resource, subresource) = match what.resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (what.resource, None),
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_string()),
+            groups: Some(groups.to_vec()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(what.verb.to_string()),
+                group: Some(what.group.to_string()),
+                resource: Some(resource.to_string()),
+                subresource,
+                namespace: what.namespace.map(str::to_string),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap_or_else(|e| panic!("SubjectAccessReview for {user} failed: {e}"));
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+/// Asserts the SubjectAccessReview answers for `user`: every `can` allowed, every `cannot`
+/// denied. With `settle`, keeps asking until then (role aggregation is asynchronous).
+async fn expect_access(
+    client: &Client,
+    user: &str,
+    groups: &[String],
+    can: &[Ask<'_>],
+    cannot: &[Ask<'_>],
+    settle: Duration,
+) {
+    let deadline = Instant::now() + settle;
+    loop {
+        let mut wrong = Vec::new();
+        for (what, expected) in can
+            .iter()
+            .map(|a| (a, true))
+            .chain(cannot.iter().map(|a| (a, false)))
+        {
+            if allowed(client, user, groups, what).await != expected {
+                wrong.push(format!(
+                    "{} {} {}{} in {}",
+                    if expected { "CANNOT" } else { "CAN" },
+                    what.verb,
+                    what.resource,
+                    if what.group.is_empty() {
+                        String::new()
+                    } else {
+                        format!(".{}", what.group)
+                    },
+                    what.namespace.unwrap_or("the cluster")
+                ));
+            }
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("unexpected access for {user}:\n  {}", wrong.join("\n  "));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn bind(
+    client: &Client,
+    namespace: Option<&str>,
+    name: &str,
+    cluster_role: &str,
+    user: &str,
+) {
+    let body = json!({
+        "metadata": { "name": name, "namespace": namespace },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+    });
+    let result = match namespace {
+        Some(ns) => Api::<RoleBinding>::namespaced(client.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(body).unwrap(),
+            )
+            .await
+            .map(|_| ()),
+        None => Api::<ClusterRoleBinding>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(body).unwrap(),
+            )
+            .await
+            .map(|_| ()),
+    };
+    result.unwrap_or_else(|e| panic!("cannot bind {user} to {cluster_role}: {e}"));
+}
+
+fn is_forbidden<T>(result: &Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
+}
+
+#[tokio::test]
+async fn helm_install_grants_least_privilege_on_a_real_cluster() {
+    let client = common::admin_client().await;
+    // Labelled as a test namespace, deleted by `Installed` (the namespace's own cleanup is not
+    // needed).
+    let namespace = common::TestNamespace::new(&client, "helm")
+        .await
+        .name()
+        .to_string();
+    let suffix = namespace.trim_start_matches("helm-").to_string();
+    let release = namespace.clone();
+    let view_role = format!("datajob-view-{suffix}");
+    let edit_role = format!("datajob-edit-{suffix}");
+    let carol_binding = format!("helm-test-carol-{suffix}");
+    let dave_binding = format!("helm-test-dave-{suffix}");
+    let mut installed = Installed {
+        release: release.clone(),
+        namespace: namespace.clone(),
+        cluster_role_bindings: Vec::new(),
+    };
+
+    // The operator's pods must be admitted under the "restricted" Pod Security Standard.
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            }}})),
+        )
+        .await
+        .expect("label the namespace restricted");
+
+    // Cluster-scoped names are per test run, so parallel runs and other releases never clash.
+    helm_ok(&[
+        "install",
+        &release,
+        CHART,
+        "--namespace",
+        &namespace,
+        "--create-namespace",
+        "--set",
+        &format!("rbac.aggregatedRoles.viewName={view_role}"),
+        "--set",
+        &format!("rbac.aggregatedRoles.editName={edit_role}"),
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+
+    // The CRDs (crds/ of the chart, or already there from an earlier install) are served.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["datajobs.datajob.dev", "computepools.datajob.dev"] {
+        let crd = crds
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        assert!(established, "CRD {name} is not established");
+    }
+
+    // The Deployment became available (helm --wait) as the chart's ServiceAccount.
+    let fullname = format!("{release}-datajob-operator");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .get(&fullname)
+        .await
+        .expect("the operator Deployment");
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    assert_eq!(
+        available, 1,
+        "the operator Deployment is available: {:?}",
+        deployment.status
+    );
+    let account = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.service_account_name)
+        .expect("serviceAccountName");
+    assert_eq!(account, fullname);
+    Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+        .get(&account)
+        .await
+        .expect("the chart's ServiceAccount exists");
+
+    // The operator's ServiceAccount, as the API server sees it.
+    let sa_user = format!("system:serviceaccount:{namespace}:{account}");
+    let sa_groups = vec![
+        "system:serviceaccounts".to_string(),
+        format!("system:serviceaccounts:{namespace}"),
+        "system:authenticated".to_string(),
+    ];
+    let elsewhere = Some("default");
+    let here = Some(namespace.as_str());
+    expect_access(
+        &client,
+        &sa_user,
+        &sa_groups,
+        &[
+            ask("create", "", "pods", elsewhere),
+            ask("delete", "", "pods", elsewhere),
+            ask("watch", "", "pods", None),
+            ask("list", "datajob.dev", "datajobs", None),
+            ask("patch", "datajob.dev", "datajobs", elsewhere),
+            ask("delete", "datajob.dev", "datajobs", elsewhere),
+            ask("patch", "datajob.dev", "datajobs/status", elsewhere),
+            ask("update", "datajob.dev", "datajobs/finalizers", elsewhere),
+            ask("watch", "datajob.dev", "computepools", None),
+            ask("patch", "datajob.dev", "computepools/status", None),
+            ask("create", "events.k8s.io", "events", elsewhere),
+            ask("create", "coordination.k8s.io", "leases", here),
+            ask("update", "coordination.k8s.io", "leases", here),
+        ],
+        &[
+            ask("get", "", "secrets", here),
+            ask("get", "", "secrets", None),
+            ask("list", "", "secrets", elsewhere),
+            ask("get", "", "configmaps", elsewhere),
+            ask("create", "datajob.dev", "datajobs", elsewhere),
+            ask("patch", "datajob.dev", "computepools", None),
+            ask("delete", "datajob.dev", "computepools", None),
+            ask("update", "", "pods", elsewhere),
+            ask("create", "", "pods/exec", elsewhere),
+            ask("create", "", "events", elsewhere),
+            ask(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                Some("kube-system"),
+            ),
+            ask("create", "apps", "deployments", here),
+            ask(
+                "create",
+                "rbac.authorization.k8s.io",
+                "clusterrolebindings",
+                None,
+            ),
+        ],
+        Duration::ZERO,
+    )
+    .await;
+
+    // Users bound cluster-wide to the aggregated roles: carol may cancel (patch), dave may not.
+    bind(&client, None, &carol_binding, &edit_role, "carol").await;
+    installed.cluster_role_bindings.push(carol_binding.clone());
+    bind(&client, None, &dave_binding, &view_role, "dave").await;
+    installed.cluster_role_bindings.push(dave_binding.clone());
+    let authenticated = vec!["system:authenticated".to_string()];
+    expect_access(
+        &client,
+        "carol",
+        &authenticated,
+        &[
+            ask("patch", "datajob.dev", "datajobs", here),
+            ask("create", "datajob.dev", "datajobs", elsewhere),
+            ask("delete", "datajob.dev", "datajobs", elsewhere),
+            ask("get", "datajob.dev", "datajobs", here),
+            ask("list", "datajob.dev", "computepools", None),
+        ],
+        &[
+            ask("patch", "datajob.dev", "datajobs/status", here),
+            ask("patch", "datajob.dev", "computepools", None),
+            ask("get", "", "secrets", here),
+        ],
+        Duration::ZERO,
+    )
+    .await;
+    expect_access(
+        &client,
+        "dave",
+        &authenticated,
+        &[
+            ask("get", "datajob.dev", "datajobs", here),
+            ask("watch", "datajob.dev", "datajobs", None),
+            ask("list", "datajob.dev", "computepools", None),
+        ],
+        &[
+            ask("patch", "datajob.dev", "datajobs", here),
+            ask("update", "datajob.dev", "datajobs", here),
+            ask("create", "datajob.dev", "datajobs", here),
+            ask("delete", "datajob.dev", "datajobs", here),
+        ],
+        Duration::ZERO,
+    )
+    .await;
+
+    // Aggregation: the built-in `edit` role (bound in this namespace) gains write access to
+    // DataJobs, `view` gains read access only. The aggregation controller is asynchronous.
+    bind(&client, here, "erin-edit", "edit", "erin").await;
+    bind(&client, here, "frank-view", "view", "frank").await;
+    let settle = Duration::from_secs(60);
+    expect_access(
+        &client,
+        "erin",
+        &authenticated,
+        &[
+            ask("patch", "datajob.dev", "datajobs", here),
+            ask("list", "datajob.dev", "datajobs", here),
+        ],
+        &[ask("patch", "datajob.dev", "datajobs/status", here)],
+        settle,
+    )
+    .await;
+    expect_access(
+        &client,
+        "frank",
+        &authenticated,
+        &[ask("list", "datajob.dev", "datajobs", here)],
+        &[ask("patch", "datajob.dev", "datajobs", here)],
+        settle,
+    )
+    .await;
+
+    // Real requests: alice (datajob-edit in this namespace) creates and cancels a job; bob
+    // (datajob-view) reads it but cannot cancel it.
+    bind(&client, here, "alice-datajob-edit", &edit_role, "alice").await;
+    bind(&client, here, "bob-datajob-view", &view_role, "bob").await;
+    let alice = common::user_client("alice").await;
+    let bob = common::user_client("bob").await;
+    let mut job: DataJob = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(EXAMPLES).join("datajob-shared.yaml")).unwrap(),
+    )
+    .unwrap();
+    job.metadata.name = Some(format!("helm-rbac-{suffix}"));
+    let job_name = job.name_any();
+    let alice_jobs: Api<DataJob> = Api::namespaced(alice, &namespace);
+    let bob_jobs: Api<DataJob> = Api::namespaced(bob, &namespace);
+    alice_jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("alice (datajob-edit) creates a DataJob");
+    let cancel = Patch::Merge(json!({ "spec": { "cancel": true, "cancelReason": "rbac test" } }));
+    let by_bob = bob_jobs
+        .patch(&job_name, &PatchParams::default(), &cancel)
+        .await;
+    assert!(
+        is_forbidden(&by_bob),
+        "bob (datajob-view) must not cancel: {by_bob:?}"
+    );
+    let read = bob_jobs
+        .get(&job_name)
+        .await
+        .expect("bob (datajob-view) reads the DataJob");
+    assert!(!read.spec.cancel);
+    let cancelled = alice_jobs
+        .patch(&job_name, &PatchParams::default(), &cancel)
+        .await
+        .expect("alice (datajob-edit) cancels the DataJob");
+    assert!(cancelled.spec.cancel);
+    let forged = alice_jobs
+        .patch_status(
+            &job_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "state": "cancelled" } })),
+        )
+        .await;
+    assert!(
+        is_forbidden(&forged),
+        "alice must not write status: {forged:?}"
+    );
+
+    Api::<DataJob>::namespaced(client.clone(), &namespace)
+        .delete(&job_name, &DeleteParams::default())
+        .await
+        .expect("delete the test DataJob");
+    drop(installed);
+    // helm never deletes crds/: the CRDs other tests use are still there.
+    for name in ["datajobs.datajob.dev", "computepools.datajob.dev"] {
+        crds.get(name)
+            .await
+            .unwrap_or_else(|e| panic!("CRD {name} must survive uninstall: {e}"));
+    }
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    for name in [&view_role, &edit_role, &fullname] {
+        assert!(
+            roles
+                .get_opt(name)
+                .await
+                .expect("get ClusterRole")
+                .is_none(),
+            "ClusterRole {name} must go with the release"
+        );
+    }
+}
