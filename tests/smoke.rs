@@ -261,6 +261,45 @@ async fn graceful_delete_honours_the_grace_period() {
 }
 
 #[tokio::test]
+async fn a_terminating_pod_that_exits_is_removed_before_its_grace_period_ends() {
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "smoke-sigterm").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    create_running_pod(
+        &pods,
+        pod_manifest("exits-on-sigterm", json!({}), json!({})),
+    )
+    .await;
+
+    let started = Instant::now();
+    pods.delete(
+        "exits-on-sigterm",
+        &DeleteParams {
+            grace_period_seconds: Some(60),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("delete");
+    // The process handles SIGTERM and exits 143: the test plays that by annotating the pod.
+    let exit = json!({ "metadata": { "annotations": { "sim.datajob.dev/exit-code": "143" } } });
+    pods.patch(
+        "exits-on-sigterm",
+        &PatchParams::default(),
+        &Patch::Merge(&exit),
+    )
+    .await
+    .expect("annotate the terminating pod");
+    wait_deleted(&pods, "exits-on-sigterm", Duration::from_secs(15)).await;
+    println!(
+        "terminating pod that exited was gone after {:?} (grace period 60 s)",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
 async fn annotated_pods_terminate_with_the_requested_exit_code_reason_and_message() {
     let client = admin_client().await;
     let ns = TestNamespace::new(&client, "smoke-exit").await;
