@@ -136,6 +136,16 @@ start() {
   local pid=$!
   echo "$pid" >"$PIDS/$c.pid"
   echo "$resolved" >"$PIDS/$c.exe"
+  # Until the forked shell has exec'd setsid and setsid the binary, /proc/PID/exe is not yet the
+  # binary: wait for that (bounded), so live_pid does not take a starting process for a dead one.
+  local deadline=$((SECONDS + 10)) exe
+  while alive "$pid" && ((SECONDS < deadline)); do
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+    [[ ${exe% (deleted)} == "$resolved" ]] && return 0
+    sleep 0.01
+  done
+  alive "$pid" || { log "$c exited at once; last lines of $LOGS/$c.log:"; tail -n 30 "$LOGS/$c.log" >&2; die "$c did not start"; }
+  die "$c (pid $pid) did not exec $resolved within 10s"
 }
 
 # wait_until DESCRIPTION TIMEOUT_SECONDS COMPONENT COMMAND...: polls COMMAND every 0.2 s until it
