@@ -34,10 +34,10 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Namespace to watch; all namespaces when unset.
-    #[arg(long, env = "DATAJOB_NAMESPACE")]
+    #[arg(long, global = true, env = "DATAJOB_NAMESPACE")]
     namespace: Option<String>,
     /// Only reconcile DataJobs of this data plane.
-    #[arg(long, env = "DATAJOB_DATA_PLANE")]
+    #[arg(long, global = true, env = "DATAJOB_DATA_PLANE")]
     data_plane: Option<String>,
     /// Executor image when neither the job nor its pool sets one.
     #[arg(
@@ -47,16 +47,16 @@ struct RunArgs {
     )]
     executor_image: String,
     /// Log format.
-    #[arg(long, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
+    #[arg(long, global = true, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     /// Reconciles running at once.
-    #[arg(long, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, global = true, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
     /// Address of the /metrics, /healthz and /readyz endpoints (port 0 picks a free one).
-    #[arg(long, env = "DATAJOB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, global = true, env = "DATAJOB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
     /// This instance's name in events (for example the pod name).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, global = true, env = "POD_NAME")]
     instance: Option<String>,
 }
 

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The product, end to end, on this machine: a local control plane (built on first use), the
+# CRDs, the operator, the sample jobs from examples/, a completion and a cancellation you can
+# watch. The cluster and the operator keep running afterwards so you can try things.
+#
+#   hack/demo.sh          run the demo (cluster `dev`)
+#   hack/demo.sh down     stop the operator (by its recorded pid) and the cluster
+#
+# Environment: DATAJOB_DEMO_CLUSTER (default dev), DATAJOB_DEMO_NAMESPACE (default demo).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+NAME=${DATAJOB_DEMO_CLUSTER:-dev}
+NS=${DATAJOB_DEMO_NAMESPACE:-demo}
+CLUSTER=("$ROOT/hack/cluster.sh" --name "$NAME")
+STATE="${XDG_STATE_HOME:-$HOME/.local/state}/datajob-operator/clusters/$NAME"
+PIDFILE="$STATE/operator.pid"
+LOG="$STATE/logs/operator.log"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+stop_operator() {
+  [[ -f $PIDFILE ]] || return 0
+  local pid; pid=$(cat "$PIDFILE")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  fi
+  rm -f "$PIDFILE"
+}
+
+if [[ ${1:-} == down ]]; then
+  stop_operator
+  "${CLUSTER[@]}" down
+  exit 0
+fi
+
+say "building the operator"
+cargo build --release --bin datajob-operator
+OPERATOR="$ROOT/target/release/datajob-operator"
+
+say "starting the local control plane '$NAME' (the first run builds Kubernetes from source)"
+"${CLUSTER[@]}" up
+eval "$("${CLUSTER[@]}" env)"
+kubectl get nodes -L datajob.dev/node-group
+
+say "installing the CRDs (server-side apply of crds/, the output of 'datajob-operator crd')"
+kubectl apply --server-side --field-manager=datajob-demo -f crds/datajob-operator.yaml
+kubectl wait --for=condition=Established crd/datajobs.datajob.dev crd/computepools.datajob.dev --timeout=60s
+
+say "starting the operator (log: $LOG)"
+stop_operator
+mkdir -p "$(dirname "$LOG")"
+"$OPERATOR" --executor-image registry.example/datajob-executor:demo --http-addr 127.0.0.1:0 \
+  >"$LOG" 2>&1 &
+echo $! >"$PIDFILE"
+echo "operator pid $(cat "$PIDFILE")"
+
+say "applying examples/ into namespace $NS"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+kubectl apply -f examples/computepool-shared.yaml -f examples/computepool-dedicated.yaml
+kubectl apply -n "$NS" -f examples/datajob-shared.yaml -f examples/datajob-dedicated.yaml
+SHARED=materialize-continuous-presence
+DEDICATED=forecast-daily-visits
+
+# Watch the jobs change state while the rest of the demo runs.
+kubectl get dj -n "$NS" -w --output-watch-events &
+WATCH=$!
+trap 'kill $WATCH 2>/dev/null || true' EXIT
+
+kubectl wait -n "$NS" --for=jsonpath='{.status.state}'=running "dj/$SHARED" "dj/$DEDICATED" --timeout=120s
+say "executor pods (the dedicated job has a driver and two workers on node group b)"
+kubectl get pods -n "$NS" -o wide -L datajob.dev/role,datajob.dev/cluster-type
+
+say "the shared job's driver finishes and writes its result (kwok's annotation-driven exit)"
+DRIVER=$(kubectl get pods -n "$NS" -l "datajob.dev/job-name=$SHARED,datajob.dev/role=driver" -o jsonpath='{.items[0].metadata.name}')
+kubectl annotate pod -n "$NS" "$DRIVER" sim.datajob.dev/exit-code=0 \
+  'sim.datajob.dev/message={"datasetId": 6404, "snapshotId": 739881302291276700, "recalculationId": "abf9a2ec-426b-4751-bd16-fcb435061925"}'
+kubectl wait -n "$NS" --for=jsonpath='{.status.state}'=completed "dj/$SHARED" --timeout=60s
+kubectl get dj -n "$NS" "$SHARED" -o jsonpath='{"result: "}{.status.result}{"\n"}'
+
+say "cancelling the dedicated job: pending_cancellation, graceful teardown (5 s), then cancelled"
+kubectl patch dj -n "$NS" "$DEDICATED" --type merge -p '{"spec":{"cancel":true,"cancelReason":"demo"}}'
+kubectl wait -n "$NS" --for=jsonpath='{.status.state}'=cancelled "dj/$DEDICATED" --timeout=120s
+kill $WATCH 2>/dev/null || true
+
+say "events of the cancelled job"
+kubectl get events -n "$NS" --field-selector "involvedObject.name=$DEDICATED" \
+  --sort-by=.metadata.creationTimestamp -o custom-columns=TIME:.metadata.creationTimestamp,REASON:.reason,MESSAGE:.message
+say "executor pods left of the cancelled job: $(kubectl get pods -n "$NS" -l "datajob.dev/job-name=$DEDICATED" --no-headers 2>/dev/null | wc -l)"
+
+cat <<EOF
+
+The cluster and the operator are still running. Try:
+  eval "\$(hack/cluster.sh --name $NAME env)"
+  kubectl get dj -n $NS
+  kubectl explain datajob.spec
+Stop everything with: hack/demo.sh down
+EOF
