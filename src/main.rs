@@ -47,13 +47,24 @@ struct RunArgs {
     )]
     executor_image: String,
     /// Log format.
-    #[arg(long, global = true, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "DATAJOB_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
     /// Reconciles running at once.
     #[arg(long, global = true, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
     /// Address of the /metrics, /healthz and /readyz endpoints (port 0 picks a free one).
-    #[arg(long, global = true, env = "DATAJOB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "DATAJOB_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     http_addr: SocketAddr,
     /// This instance's name in events (for example the pod name).
     #[arg(long, global = true, env = "POD_NAME")]
