@@ -3,11 +3,12 @@
 //! The crate is a library with a thin binary. [`api`] holds the custom resources,
 //! [`executor`] the executor pod templates and the contract with the executor image,
 //! [`reconcile`] the controller (observe -> decide -> apply -> status), [`telemetry`] logs and
-//! metrics, and [`http`] the metrics and health endpoints.
+//! metrics, [`http`] the metrics and health endpoints, and [`leader`] leader election.
 
 pub mod api;
 pub mod executor;
 pub mod http;
+pub mod leader;
 pub mod reconcile;
 pub mod telemetry;
 

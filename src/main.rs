@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use datajob_operator::leader::LeaderElector;
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
 use datajob_operator::{api, http, reconcile};
 use tracing::{error, info};
@@ -66,9 +68,21 @@ struct RunArgs {
         default_value = "127.0.0.1:8080"
     )]
     http_addr: SocketAddr,
-    /// This instance's name in events (for example the pod name).
+    /// This instance's name in events and in the leader Lease (default: host name and pid).
     #[arg(long, global = true, env = "POD_NAME")]
     instance: Option<String>,
+    /// Elect a leader on a Lease so that only one replica reconciles.
+    #[arg(long, global = true, env = "DATAJOB_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, global = true, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, global = true, default_value = "datajob-operator")]
+    lease_name: String,
+    /// Seconds a leader holds the Lease without renewing it.
+    #[arg(long, global = true, default_value_t = 15)]
+    lease_duration_seconds: u64,
 }
 
 #[tokio::main]
@@ -123,18 +137,67 @@ async fn run(args: RunArgs) -> ExitCode {
             error!(error = %e, "HTTP endpoints stopped");
         }
     });
+    let instance = args.instance.clone().unwrap_or_else(default_identity);
     let config = reconcile::Config {
         namespace: args.namespace,
         data_plane: args.data_plane,
         executor_image: args.executor_image,
         concurrency: args.concurrency,
-        instance: args.instance,
+        instance: Some(instance.clone()),
     };
+    let elector = args.leader_election.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &instance,
+            Duration::from_secs(args.lease_duration_seconds.max(3)),
+        )
+    });
+    if let Some(elector) = &elector {
+        info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");
+        tokio::select! {
+            () = elector.acquire() => {}
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+    }
+    // Pool status counts jobs of every namespace, so only an all-namespaces instance writes it.
+    let pools = config
+        .namespace
+        .is_none()
+        .then(|| reconcile::pool::run(client.clone()));
     info!(namespace = ?config.namespace, data_plane = ?config.data_plane, "starting the DataJob controller");
-    reconcile::run(client, config, metrics, move || {
-        ready.store(true, Ordering::Relaxed)
-    })
-    .await;
+    let controllers = async move {
+        let jobs = reconcile::run(client, config, metrics, move || {
+            ready.store(true, Ordering::Relaxed)
+        });
+        match pools {
+            Some(pools) => {
+                futures::join!(jobs, pools);
+            }
+            None => jobs.await,
+        }
+    };
+    match &elector {
+        None => controllers.await,
+        Some(elector) => {
+            tokio::select! {
+                () = controllers => elector.release().await,
+                lost = elector.keep() => {
+                    error!(error = %lost, "stopping: another replica may lead now");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     info!("controller stopped");
     ExitCode::SUCCESS
+}
+
+/// Host name and process id, when no instance name is given.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "datajob-operator".to_string());
+    format!("{host}-{}", std::process::id())
 }

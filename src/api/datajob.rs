@@ -41,6 +41,7 @@ pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
     derive = "PartialEq",
     doc = "A data job (materialize-view or nql-forecast) that the datajob-operator runs on executor pods and can cancel on request.",
     selectable = ".spec.dataPlane",
+    selectable = ".spec.computePool",
     printcolumn(
         name = "State",
         type_ = "string",

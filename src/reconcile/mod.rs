@@ -7,6 +7,7 @@ pub mod apply;
 pub mod decide;
 pub mod error;
 pub mod observe;
+pub mod pool;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -112,8 +113,12 @@ pub async fn run(
     if let Some(plane) = &config.data_plane {
         job_watch = job_watch.fields(&format!("spec.dataPlane={plane}"));
     }
+    let mut pod_selector = executor::managed_pods_selector();
+    if let Some(plane) = &config.data_plane {
+        pod_selector.push_str(&format!(",{}={plane}", executor::LABEL_DATA_PLANE));
+    }
     let pod_watch = watcher::Config::default()
-        .labels(&executor::managed_pods_selector())
+        .labels(&pod_selector)
         .any_semantic();
 
     let (pods, pod_writer) = reflector::store();
@@ -181,6 +186,10 @@ pub async fn run(
             match result {
                 // error_policy already logged it.
                 Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // A pod or pool event for a job that is gone or outside this instance's scope.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    debug!(%obj, "skipping a job that is not in the cache");
+                }
                 Err(error) => warn!(%error, "controller error"),
             }
         })
@@ -270,7 +279,9 @@ async fn admit(job: &DataJob, pool: Option<&ComputePool>, ctx: &Context) -> bool
     if pool.spec.max_concurrent_jobs <= 0 || observe::holds_slot(job) {
         return true;
     }
-    if !observe::awaits_slot(job) {
+    // Only a recorded pending job competes for a slot (not one still being initialized).
+    let pending = job.status.as_ref().and_then(|s| s.state) == Some(JobState::Pending);
+    if !pending || !observe::awaits_slot(job) {
         return false;
     }
     let mut admitted = ctx.admitted.lock().await;

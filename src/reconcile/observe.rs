@@ -129,7 +129,10 @@ pub fn admit(
     admitted_in_flight: &HashSet<String>,
 ) -> bool {
     let max = pool.spec.max_concurrent_jobs;
-    if max <= 0 || holds_slot(job) {
+    let already_admitted = job
+        .uid()
+        .is_some_and(|uid| admitted_in_flight.contains(&uid));
+    if max <= 0 || holds_slot(job) || already_admitted {
         return true;
     }
     let pool_name = pool.name_any();
@@ -195,4 +198,67 @@ pub fn object_key<K: Resource>(obj: &K) -> String {
         obj.meta().namespace.as_deref().unwrap_or(""),
         obj.meta().name.as_deref().unwrap_or("")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use kube::api::ObjectMeta;
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::{ComputePool, DataJob};
+
+    fn pool(max: i32) -> ComputePool {
+        serde_json::from_value(json!({
+            "apiVersion": "datajob.dev/v1alpha1", "kind": "ComputePool",
+            "metadata": { "name": "p" },
+            "spec": { "maxConcurrentJobs": max },
+        }))
+        .expect("pool")
+    }
+
+    fn job(name: &str, created: i64, executor: bool) -> Arc<DataJob> {
+        let mut job: DataJob = serde_json::from_value(json!({
+            "apiVersion": "datajob.dev/v1alpha1", "kind": "DataJob",
+            "metadata": { "name": name, "namespace": "ns", "uid": format!("uid-{name}") },
+            "spec": { "type": "nql-forecast", "input": { "nql": "x" }, "dataPlane": "dp", "computePool": "p" },
+            "status": { "state": if executor { "running" } else { "pending" } },
+        }))
+        .expect("job");
+        job.metadata = ObjectMeta {
+            creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(created).expect("time"),
+            )),
+            ..job.metadata
+        };
+        if executor && let Some(status) = job.status.as_mut() {
+            status.executor = Some(format!("dj-{name}"));
+        }
+        Arc::new(job)
+    }
+
+    #[test]
+    fn the_oldest_waiting_jobs_take_the_free_slots() {
+        let jobs = vec![job("a", 1, true), job("b", 3, false), job("c", 2, false)];
+        let none = HashSet::new();
+        assert!(admit(&jobs[2], &pool(2), &jobs, &none), "c is older than b");
+        assert!(!admit(&jobs[1], &pool(2), &jobs, &none));
+        assert!(admit(&jobs[1], &pool(3), &jobs, &none));
+        assert!(admit(&jobs[1], &pool(0), &jobs, &none), "0 means unlimited");
+    }
+
+    #[test]
+    fn admissions_not_yet_in_the_cache_count_and_stay_admitted() {
+        let jobs = vec![job("a", 1, false), job("b", 2, false), job("c", 3, false)];
+        let in_flight: HashSet<String> = ["uid-a".to_string(), "uid-b".to_string()].into();
+        assert!(admit(&jobs[0], &pool(2), &jobs, &in_flight));
+        assert!(admit(&jobs[1], &pool(2), &jobs, &in_flight));
+        assert!(
+            !admit(&jobs[2], &pool(2), &jobs, &in_flight),
+            "both slots are taken"
+        );
+    }
 }

@@ -50,19 +50,28 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
-/// A running operator process that watches one namespace; killed (SIGKILL) when dropped.
+/// A running operator process; killed (SIGKILL) when dropped.
 pub struct Operator {
     child: Child,
-    namespace: String,
+    log_name: String,
+    args: Vec<String>,
     starts: u32,
 }
 
 impl Operator {
-    /// Starts the operator binary for `namespace`, logging to target/e2e-logs/<namespace>.log.
+    /// Starts the operator binary watching `namespace`.
     pub fn start(namespace: &str) -> Self {
+        Operator::start_with(namespace, &["--namespace", namespace])
+    }
+
+    /// Starts the operator binary with `args` (besides the common ones), logging to
+    /// `<CARGO_TARGET_TMPDIR>/e2e-logs/<log_name>.<n>.log`.
+    pub fn start_with(log_name: &str, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut operator = Operator {
-            child: spawn(namespace, 0),
-            namespace: namespace.to_string(),
+            child: spawn(log_name, 0, &args),
+            log_name: log_name.to_string(),
+            args,
             starts: 1,
         };
         operator.check_alive();
@@ -78,7 +87,7 @@ impl Operator {
     /// Starts a new process after [`Operator::kill`].
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn(&self.namespace, self.starts);
+        self.child = spawn(&self.log_name, self.starts, &self.args);
         self.starts += 1;
         self.check_alive();
     }
@@ -87,7 +96,7 @@ impl Operator {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(
                 "the operator exited at once ({status}); see {}",
-                log_path(&self.namespace, self.starts - 1).display()
+                log_path(&self.log_name, self.starts - 1).display()
             );
         }
     }
@@ -99,14 +108,14 @@ impl Drop for Operator {
     }
 }
 
-fn log_path(namespace: &str, start: u32) -> PathBuf {
+fn log_path(log_name: &str, start: u32) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("e2e-logs")
-        .join(format!("{namespace}.{start}.log"))
+        .join(format!("{log_name}.{start}.log"))
 }
 
-fn spawn(namespace: &str, start: u32) -> Child {
-    let path = log_path(namespace, start);
+fn spawn(log_name: &str, start: u32, args: &[String]) -> Child {
+    let path = log_path(log_name, start);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).expect("log folder");
     }
@@ -114,8 +123,6 @@ fn spawn(namespace: &str, start: u32) -> Child {
     let err = log.try_clone().expect("operator log file");
     Command::new(env!("CARGO_BIN_EXE_datajob-operator"))
         .args([
-            "--namespace",
-            namespace,
             "--http-addr",
             "127.0.0.1:0",
             "--executor-image",
@@ -123,6 +130,7 @@ fn spawn(namespace: &str, start: u32) -> Child {
             "--log-format",
             "json",
         ])
+        .args(args)
         .env("RUST_LOG", "info,datajob_operator=debug")
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(err))

@@ -5,6 +5,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod fixture;
+mod pools;
+mod resilience;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
