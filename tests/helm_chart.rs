@@ -581,6 +581,8 @@ fn deployment_runs_the_operator_as_documented() {
         "--concurrency=16",
         "--namespace=team-a",
         "--data-plane=dp-1",
+        "--leader-election",
+        "--lease-name=rel-datajob-operator",
     ] {
         assert!(
             args.iter().any(|a| a == expected),
