@@ -58,6 +58,7 @@ impl Job {
                 status: DataJobStatus::default(),
                 pods: Vec::new(),
                 pool: PoolView::NotRequested,
+                rejection: None,
             },
         }
     }
@@ -473,6 +474,40 @@ fn a_driver_that_finished_before_running_was_seen_still_passes_through_running()
     assert_eq!(job.state(), Some(JobState::Running));
     job.step_and_apply();
     assert_eq!(job.state(), Some(JobState::Completed));
+}
+
+#[test]
+fn an_executor_pod_the_api_server_rejects_fails_the_job() {
+    let mut job = Job::new(ClusterType::Shared);
+    job.step_and_apply();
+    job.step_and_apply();
+    job.obs.rejection = Some("spec.containers[0].resources.requests: Invalid value".to_string());
+    let plan = job.step();
+    assert_eq!(job.state(), Some(JobState::Failed));
+    assert!(plan.create.is_empty());
+    assert_eq!(job.obs.status.failures[0].reason, "ExecutorRejected");
+    assert!(job.obs.status.failures[0].message.contains("Invalid value"));
+}
+
+#[test]
+fn a_pool_deleted_after_admission_keeps_the_executor_and_creates_nothing_without_it() {
+    let mut job = Job::new(ClusterType::Shared);
+    job.obs.spec.compute_pool = Some("p".to_string());
+    job.obs.pool = PoolView::Present {
+        name: "p".to_string(),
+        cluster_type: ClusterType::Shared,
+        admitted: true,
+        max_concurrent_jobs: 0,
+    };
+    job.step_and_apply();
+    job.step_and_apply();
+    job.obs.pool = PoolView::Missing {
+        name: "p".to_string(),
+    };
+    let plan = job.step_and_apply();
+    assert!(plan.create.is_empty(), "no pod is placed without its pool");
+    assert_eq!(reasons(&plan), ["WaitingForComputePool"]);
+    assert!(job.obs.status.executor.is_some());
 }
 
 #[test]

@@ -88,6 +88,7 @@ pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
 #[x_kube(validation = Rule::new("has(self.executor) == has(oldSelf.executor) && (!has(self.executor) || self.executor == oldSelf.executor)").message("spec.executor is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
 #[x_kube(validation = Rule::new("has(self.activeDeadlineSeconds) == has(oldSelf.activeDeadlineSeconds) && (!has(self.activeDeadlineSeconds) || self.activeDeadlineSeconds == oldSelf.activeDeadlineSeconds)").message("spec.activeDeadlineSeconds is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
 #[x_kube(validation = Rule::new("!(has(oldSelf.cancel) && oldSelf.cancel) || (has(self.cancel) && self.cancel)").message("cancellation cannot be withdrawn; delete the DataJob instead"))]
+#[x_kube(validation = Rule::new("!has(self.executor) || !has(self.executor.env) || self.executor.env.all(e, !e.name.startsWith('DATAJOB_'))").message("spec.executor.env cannot set DATAJOB_* variables; the operator sets them from the spec"))]
 #[x_kube(validation = Rule::new("!has(self.executor) || !has(self.executor.workers) || !has(self.clusterType) || self.clusterType == 'dedicated'").message("spec.executor.workers applies to dedicated clusters only; remove it or set spec.clusterType to dedicated"))]
 pub struct DataJobSpec {
     /// Kind of data job: `materialize-view` builds a dataset snapshot, `nql-forecast` computes a
@@ -215,9 +216,10 @@ pub struct ExecutorSpec {
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: Option<i64>,
 
-    /// Extra environment variables for the executor containers (the DATAJOB_* contract
-    /// variables cannot be overridden).
+    /// Extra environment variables for the executor containers (at most 64; the DATAJOB_*
+    /// contract variables are the operator's and cannot be set here).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,
 }
 

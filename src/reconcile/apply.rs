@@ -74,6 +74,12 @@ pub async fn create_pods(
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 debug!(pod = %slot.name, "executor pod already exists");
             }
+            Err(kube::Error::Api(status)) if status.code == 422 => {
+                return Err(Error::PodRejected {
+                    pod: format!("{}/{}", template.namespace, slot.name),
+                    message: status.message.clone(),
+                });
+            }
             Err(source) => {
                 return Err(Error::CreatePod {
                     pod: format!("{}/{}", template.namespace, slot.name),

@@ -121,6 +121,9 @@ pub struct Observation {
     pub pods: Vec<ObservedPod>,
     /// The job's pool.
     pub pool: PoolView,
+    /// Why the API server refused to create an executor pod (an invalid pod built from the
+    /// spec); None when no creation was refused.
+    pub rejection: Option<String>,
 }
 
 /// Severity of an event.
@@ -343,27 +346,37 @@ impl<'a> Step<'a> {
     }
 
     fn pending(&mut self) {
-        match &self.obs.pool {
-            PoolView::Missing { name } => {
-                let message = format!(
-                    "compute pool {name} does not exist; the job starts when it is created"
-                );
-                self.wait("WaitingForComputePool", message, EventKind::Warning);
-                return;
+        // A job that holds no executor yet waits for its pool to exist and to have room.
+        if self.status.executor.is_none() {
+            match &self.obs.pool {
+                PoolView::Missing { name } => {
+                    let message = format!(
+                        "compute pool {name} does not exist; the job starts when it is created"
+                    );
+                    self.wait("WaitingForComputePool", message, EventKind::Warning);
+                    return;
+                }
+                PoolView::Present {
+                    name,
+                    admitted: false,
+                    max_concurrent_jobs,
+                    ..
+                } => {
+                    let message = format!(
+                        "queued: compute pool {name} runs at most {max_concurrent_jobs} job(s) at once"
+                    );
+                    self.wait("Queued", message, EventKind::Normal);
+                    return;
+                }
+                PoolView::NotRequested | PoolView::Present { .. } => {}
             }
-            PoolView::Present {
-                name,
-                admitted: false,
-                max_concurrent_jobs,
-                ..
-            } => {
-                let message = format!(
-                    "queued: compute pool {name} runs at most {max_concurrent_jobs} job(s) at once"
-                );
-                self.wait("Queued", message, EventKind::Normal);
-                return;
-            }
-            PoolView::NotRequested | PoolView::Present { .. } => {}
+        }
+        if let Some(message) = &self.obs.rejection {
+            self.fail(
+                "ExecutorRejected",
+                format!("the API server rejected an executor pod: {message}"),
+            );
+            return;
         }
         let cluster_type = *self
             .status
@@ -385,11 +398,23 @@ impl<'a> Step<'a> {
             self.fail(failure.0, failure.1);
             return;
         }
-        self.create = slots
+        let missing: Vec<PodSlot> = slots
             .iter()
             .filter(|slot| !self.obs.pods.iter().any(|p| p.name == slot.name))
             .cloned()
             .collect();
+        if let PoolView::Missing { name } = &self.obs.pool
+            && !missing.is_empty()
+        {
+            // Pods are placed by the pool's node selector: without the pool, wait for it.
+            let message = format!(
+                "compute pool {name} was deleted; {} executor pod(s) wait for it to be recreated",
+                missing.len()
+            );
+            self.wait("WaitingForComputePool", message, EventKind::Warning);
+            return;
+        }
+        self.create = missing;
         let driver = self.driver(&executor);
         let driver_started = driver.is_some_and(|d| d.phase != PodPhase::Pending);
         if driver_started && self.create.is_empty() {

@@ -23,6 +23,14 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The API server refused an executor pod as invalid (built from a spec it cannot accept).
+    #[error("executor pod {pod} was rejected as invalid: {message}")]
+    PodRejected {
+        /// namespace/name of the pod.
+        pod: String,
+        /// The API server's reason.
+        message: String,
+    },
     /// Deleting an executor pod failed.
     #[error("failed to delete executor pod {pod}: {source}")]
     DeletePod {
@@ -91,6 +99,7 @@ impl Error {
         match self {
             Error::ListPods { .. } => "list_pods",
             Error::CreatePod { .. } => "create_pod",
+            Error::PodRejected { .. } => "pod_rejected",
             Error::DeletePod { .. } => "delete_pod",
             Error::WriteStatus { .. } => "write_status",
             Error::DeleteJob { .. } => "delete_job",
@@ -107,6 +116,8 @@ impl Error {
         match self {
             Error::MalformedObject { .. } | Error::SerializeStatus { .. } => None,
             Error::TeardownInProgress { .. } => Some(Duration::from_secs(2)),
+            // The next reconcile records the rejection as the job's failure.
+            Error::PodRejected { .. } => Some(Duration::from_millis(200)),
             Error::WriteStatus { source, .. } if is_conflict(source) => {
                 Some(Duration::from_millis(200))
             }

@@ -64,6 +64,8 @@ pub struct Context {
     admitted: Mutex<HashSet<String>>,
     /// Consecutive failures per job uid, for backoff.
     failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// Why the API server rejected a job's executor pod, by job uid, until the job records it.
+    rejections: std::sync::Mutex<HashMap<String, String>>,
     /// Requests to reconcile jobs waiting for a slot.
     wake: mpsc::UnboundedSender<ObjectRef<DataJob>>,
 }
@@ -150,6 +152,7 @@ pub async fn run(
         metrics,
         admitted: Mutex::new(HashSet::new()),
         failures: std::sync::Mutex::new(HashMap::new()),
+        rejections: std::sync::Mutex::new(HashMap::new()),
         wake,
     });
 
@@ -262,15 +265,48 @@ async fn reconcile_job(job: &DataJob, ctx: &Context) -> Result<Action, Error> {
     let pool_view = observe::pool_view(job, pool.as_deref(), admitted);
     let now = observe::now();
     let pods = observe::cached_pods(&ctx.pods, job);
-    let mut plan = decide::decide(&observe::observation(job, pods, pool_view.clone(), now));
+    let uid = job.uid().unwrap_or_default();
+    let rejection = ctx
+        .rejections
+        .lock()
+        .ok()
+        .and_then(|r| r.get(&uid).cloned());
+    let observe = |pods| {
+        let mut observation = observe::observation(job, pods, pool_view.clone(), now);
+        observation.rejection = rejection.clone();
+        observation
+    };
+    let mut plan = decide::decide(&observe(pods));
     if plan.requires_absence {
         // The cache may lag behind pods just created: confirm absence with the API server.
         let live = observe::live_pods(&ctx.pods_api(&namespace), job).await?;
         if !live.is_empty() {
-            plan = decide::decide(&observe::observation(job, live, pool_view, now));
+            plan = decide::decide(&observe(live));
         }
     }
-    apply_plan(job, ctx, &plan, pool.as_deref()).await
+    let result = apply_plan(job, ctx, &plan, pool.as_deref()).await;
+    match &result {
+        Err(Error::PodRejected { message, .. }) => {
+            if let Ok(mut rejections) = ctx.rejections.lock() {
+                rejections.insert(uid, message.clone());
+            }
+        }
+        Err(error @ Error::CreatePod { .. }) => {
+            let event = decide::JobEvent {
+                kind: decide::EventKind::Warning,
+                reason: "ExecutorCreateFailed",
+                message: error.to_string(),
+            };
+            apply::publish_events(&ctx.recorder, job, &[event]).await;
+        }
+        _ if plan.status.state.is_some_and(JobState::is_terminal) => {
+            if let Ok(mut rejections) = ctx.rejections.lock() {
+                rejections.remove(&uid);
+            }
+        }
+        _ => {}
+    }
+    result
 }
 
 /// Decides whether a pending job may take a slot of its pool, recording the admission.

@@ -188,6 +188,7 @@ pub fn observation(
         status: job.status.clone().unwrap_or_default(),
         pods,
         pool,
+        rejection: None,
     }
 }
 

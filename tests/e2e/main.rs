@@ -479,6 +479,23 @@ async fn withdrawing_a_cancel_or_changing_an_immutable_field_is_rejected() {
         .await
         .expect_err("a dataPlane that is not a DNS label is rejected");
     assert!(bad_plane.to_string().contains("dataPlane"), "{bad_plane}");
+    let reserved = env
+        .jobs
+        .create(
+            &PostParams::default(),
+            &datajob(
+                "reserved-env",
+                json!({ "executor": { "env": [{ "name": "DATAJOB_ID", "value": "forged" }] } }),
+            ),
+        )
+        .await
+        .expect_err("DATAJOB_* variables are the operator's");
+    assert!(
+        reserved
+            .to_string()
+            .contains("spec.executor.env cannot set DATAJOB_* variables"),
+        "{reserved}"
+    );
     // cancelReason may still change after the request.
     env.jobs
         .patch(

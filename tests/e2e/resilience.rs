@@ -48,6 +48,25 @@ async fn executor_pod_deleted_by_someone_else_fails_the_job_as_executor_lost() {
 }
 
 #[tokio::test]
+async fn an_executor_pod_the_api_server_rejects_fails_the_job_with_its_reason() {
+    let env = env("e2e-rejected").await;
+    let resources = json!({ "requests": { "cpu": "2" }, "limits": { "cpu": "1" } });
+    env.create(&datajob(
+        "impossible",
+        json!({ "executor": { "resources": resources } }),
+    ))
+    .await;
+    let failed = wait_state(&env.jobs, "impossible", JobState::Failed).await;
+    assert_eq!(failure_reason(&failed).as_deref(), Some("ExecutorRejected"));
+    let message = &failed.status.expect("status").failures[0].message;
+    assert!(
+        message.contains("must be less than or equal to cpu limit"),
+        "{message}"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
 async fn running_past_the_deadline_fails_with_deadline_exceeded() {
     let env = env("e2e-deadline").await;
     env.create(&datajob("slow", json!({ "activeDeadlineSeconds": 2 })))
