@@ -21,6 +21,18 @@ use serde_json::json;
 
 /// Creations or patches in flight at once (the API server limits a client anyway).
 const PARALLEL: usize = 32;
+/// Longest a phase (all running, all cancelled) may take before the run is abandoned.
+const PHASE_LIMIT: Duration = Duration::from_secs(600);
+
+/// The operator process, killed when the run ends, also on a panic.
+struct OperatorProcess(Child);
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 struct Run {
     jobs: usize,
@@ -136,7 +148,7 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
     while sas.get_opt("default").await.ok().flatten().is_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut child = start_operator(operator, &ns);
+    let child = OperatorProcess(start_operator(operator, &ns));
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), &ns);
 
     // Watch every job's state and note when each first reaches running and cancelled.
@@ -186,12 +198,7 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
 
     let mut running: HashMap<String, Instant> = HashMap::new();
     let mut cancelled: HashMap<String, Instant> = HashMap::new();
-    while running.len() < size {
-        let (name, state, at) = rx.recv().await.expect("watch runs");
-        if state == "running" {
-            running.entry(name).or_insert(at);
-        }
-    }
+    collect(&mut rx, &mut running, "running", size).await;
     let running_wall = start.elapsed();
 
     let cancel_start = Instant::now();
@@ -213,14 +220,9 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
     .collect::<Vec<_>>()
     .await;
     let cancel_requested: HashMap<String, Instant> = cancels.into_iter().collect();
-    while cancelled.len() < size {
-        let (name, state, at) = rx.recv().await.expect("watch runs");
-        if state == "cancelled" {
-            cancelled.entry(name).or_insert(at);
-        }
-    }
+    collect(&mut rx, &mut cancelled, "cancelled", size).await;
     let cancel_wall = cancel_start.elapsed();
-    let peak_rss_kib = peak_rss_kib(child.id());
+    let peak_rss_kib = peak_rss_kib(child.0.id());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let left = pods
         .list(&ListParams::default())
@@ -234,8 +236,7 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
     );
 
     watch.abort();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 
     let to_running = names.iter().map(|n| running[n] - created[n]).collect();
@@ -251,6 +252,29 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
         to_cancelled,
         cancel_wall,
         peak_rss_kib,
+    }
+}
+
+/// Records when each job first reaches `state`, until `size` jobs have.
+async fn collect(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String, Instant)>,
+    seen: &mut HashMap<String, Instant>,
+    state: &str,
+    size: usize,
+) {
+    let deadline = tokio::time::Instant::now() + PHASE_LIMIT;
+    while seen.len() < size {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((name, now, at))) if now == state => {
+                seen.entry(name).or_insert(at);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the watch of the jobs ended"),
+            Err(_) => panic!(
+                "only {} of {size} jobs reached {state} within {PHASE_LIMIT:?}",
+                seen.len()
+            ),
+        }
     }
 }
 

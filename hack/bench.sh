@@ -4,12 +4,14 @@
 # medians, p95, throughput, peak memory and ratios against the first size), and always brings the
 # cluster down.
 #
-#   hack/bench.sh [--sizes 100,1000]
+#   hack/bench.sh [--sizes 100,1000]      (DATAJOB_BENCH_NODES fake nodes, default 30)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 NAME=${DATAJOB_BENCH_CLUSTER:-bench}
-CLUSTER=("$ROOT/hack/cluster.sh" --name "$NAME")
+# Each fake node takes 110 pods: enough nodes for the largest size's executor pods.
+NODES=${DATAJOB_BENCH_NODES:-30}
+CLUSTER=("$ROOT/hack/cluster.sh" --name "$NAME" --nodes "$NODES")
 trap '"${CLUSTER[@]}" down >/dev/null' EXIT
 cargo build --release --bin datajob-operator
 cargo bench --no-run --bench scale

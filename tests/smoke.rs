@@ -8,7 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{TestNamespace, admin_client, kubectl, user_client, wait_deleted, wait_for};
+use common::{
+    TestNamespace, admin_client, kubectl, user_client, wait_deleted, wait_established, wait_for,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerStateTerminated, Node, Pod};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -466,16 +468,7 @@ async fn ensure_widget_crd(client: &Client) -> ApiResource {
     )
     .await
     .expect("apply the Widget CRD");
-    wait_for(&crds, "widgets.smoke.datajob.dev", TIMEOUT, |c| {
-        c.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
-    .await;
+    wait_established(client, "widgets.smoke.datajob.dev", TIMEOUT).await;
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("smoke.datajob.dev", "v1", "Widget"),
         "widgets",

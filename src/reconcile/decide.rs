@@ -625,65 +625,43 @@ impl<'a> Step<'a> {
         };
         let cancel_requested = self.status.cancellation.is_some()
             && !matches!(state, JobState::Completed | JobState::Failed);
-        let table: [(&str, bool, &str, String); 7] = [
+        let state_conditions = [
             (
                 "Ready",
                 matches!(
                     state,
                     JobState::Running | JobState::Completed | JobState::Cancelled
                 ),
-                state_reason,
-                state_message.clone(),
             ),
             (
                 "Reconciling",
                 matches!(state, JobState::Pending | JobState::PendingCancellation),
-                state_reason,
-                state_message.clone(),
             ),
-            (
-                "Stalled",
-                state == JobState::Failed,
-                state_reason,
-                state_message.clone(),
+            ("Stalled", state == JobState::Failed),
+            ("Complete", state == JobState::Completed),
+            ("Failed", state == JobState::Failed),
+            ("Cancelled", state == JobState::Cancelled),
+        ];
+        let cancellation = match (&self.status.cancellation, cancel_requested) {
+            (Some(c), true) => (
+                "CancellationRequested",
+                format!(
+                    "cancellation requested{}",
+                    reason_suffix(c.reason.as_deref())
+                ),
             ),
-            (
-                "Complete",
-                state == JobState::Completed,
-                state_reason,
-                state_message.clone(),
-            ),
-            (
-                "Failed",
-                state == JobState::Failed,
-                state_reason,
-                state_message.clone(),
-            ),
-            (
-                "Cancelled",
-                state == JobState::Cancelled,
-                state_reason,
-                state_message.clone(),
-            ),
-            (
+            _ => ("NotRequested", "no cancellation requested".to_string()),
+        };
+        let table = state_conditions
+            .into_iter()
+            .map(|(type_, value)| (type_, value, state_reason, state_message.clone()))
+            .chain([(
                 "CancellationRequested",
                 cancel_requested,
-                if cancel_requested {
-                    "CancellationRequested"
-                } else {
-                    "NotRequested"
-                },
-                match (&self.status.cancellation, cancel_requested) {
-                    (Some(c), true) => format!(
-                        "cancellation requested{}",
-                        reason_suffix(c.reason.as_deref())
-                    ),
-                    _ => "no cancellation requested".to_string(),
-                },
-            ),
-        ];
+                cancellation.0,
+                cancellation.1,
+            )]);
         table
-            .into_iter()
             .map(|(type_, value, reason, message)| {
                 let status = if value { "True" } else { "False" };
                 let previous = condition::find(&self.obs.status.conditions, type_);

@@ -11,7 +11,7 @@
 //! how to start one.
 //!
 //! API: [`admin_client`], [`user_client`], [`TestNamespace`], [`wait_for`], [`wait_deleted`],
-//! [`kubectl`].
+//! [`wait_established`], [`kubectl`].
 #![allow(dead_code)] // each test binary uses a subset
 
 use std::fmt::Debug;
@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::watch_object;
@@ -207,6 +208,21 @@ where
             }
         }
     }
+}
+
+/// Waits until the CustomResourceDefinition `name` is Established (its API is served).
+pub async fn wait_established(client: &Client, name: &str, timeout: Duration) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    wait_for(&crds, name, timeout, |crd: &CustomResourceDefinition| {
+        crd.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+    })
+    .await;
 }
 
 /// A `kubectl` command for the admin identity: `$DATAJOB_KUBECTL` or `kubectl` from `PATH`

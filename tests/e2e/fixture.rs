@@ -17,7 +17,7 @@ use kube::runtime::watcher::watch_object;
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::common::wait_for;
+use crate::common::{wait_established, wait_for};
 
 /// The result JSON a materialize-view driver writes (64-bit snapshot id).
 pub const MATERIALIZE_RESULT: &str = r#"{"datasetId": 6404, "snapshotId": 739881302291276700, "recalculationId": "abf9a2ec-426b-4751-bd16-fcb435061925"}"#;
@@ -37,16 +37,7 @@ pub async fn install_crds(client: &Client) {
         )
         .await
         .unwrap_or_else(|e| panic!("cannot apply CRD {name}: {e}"));
-        wait_for(&crds, &name, STEP, |crd: &CustomResourceDefinition| {
-            crd.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        })
-        .await;
+        wait_established(client, &name, STEP).await;
     }
 }
 
