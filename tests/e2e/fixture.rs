@@ -75,6 +75,27 @@ impl Operator {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM (by pid, with the system's `kill`) and waits up to `timeout` for the
+    /// process to exit; returns its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "could not send SIGTERM");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the operator") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the operator did not exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts a new process after [`Operator::kill`].
     pub fn restart(&mut self) {
         self.kill();

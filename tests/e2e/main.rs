@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use datajob_operator::api::{ComputePool, DataJob, JobState};
 use datajob_operator::executor::{LABEL_JOB_UID, LABEL_ROLE};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -89,6 +89,19 @@ fn states(list: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn shared_job_runs_to_completed_with_the_drivers_result() {
     let env = env("e2e-shared").await;
+    // Executor pods must pass the "restricted" Pod Security Standard.
+    let restricted = json!({ "metadata": { "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            env.ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&restricted),
+        )
+        .await
+        .expect("label the namespace restricted");
     let log = StateLog::start(&env.client, env.ns.name(), "report");
     let job = env
         .create(&datajob("report", json!({ "clusterType": "shared" })))
@@ -359,7 +372,18 @@ async fn cancel_from_running_waits_for_graceful_pod_termination() {
         })
         .expect("CancellationRequested condition");
     assert_eq!(requested.status, "True");
-    wait_state(&env.jobs, "long", JobState::Cancelled).await;
+    // What users run: kubectl wait on the state.
+    let waited = kubectl()
+        .args(["wait", "-n", env.ns.name(), "--timeout=90s"])
+        .arg("--for=jsonpath={.status.state}=cancelled")
+        .arg("dj/long")
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        waited.status.success(),
+        "kubectl wait failed: {}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
     assert!(job_pods(&env.pods, &job).await.is_empty());
     let seen = log.stop_after(JobState::Cancelled).await;
     println!("cancel from running states: {:?}", seen.states);
@@ -574,6 +598,19 @@ async fn operator_killed_during_teardown_still_ends_cancelled_without_leaks() {
         states(&["pending", "running", "pending_cancellation", "cancelled"])
     );
     assert_eq!(seen.pods_when_cancelled, Some(0));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn sigterm_shuts_the_operator_down_cleanly() {
+    let mut env = env("e2e-sigterm").await;
+    env.create(&datajob("steady", json!({}))).await;
+    wait_state(&env.jobs, "steady", JobState::Running).await;
+    let status = env.operator.terminate(STEP);
+    assert!(
+        status.success(),
+        "the operator exited with {status} on SIGTERM"
+    );
     env.finish().await;
 }
 
