@@ -209,6 +209,26 @@ async fn dedicated_job_gets_driver_and_workers_on_its_pools_nodes_and_completes(
             "dedicated pods keep other jobs off their nodes"
         );
     }
+    // No other DataJob's pod (of any namespace) shares a node with this executor.
+    let my_nodes: BTreeSet<String> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .collect();
+    let all_executors = Api::<Pod>::all(env.client.clone())
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=datajob-operator"))
+        .await
+        .expect("list executor pods");
+    for other in &all_executors.items {
+        let node = other.spec.as_ref().and_then(|s| s.node_name.clone());
+        if node.as_ref().is_some_and(|n| my_nodes.contains(n)) {
+            assert_eq!(
+                other.labels()[LABEL_JOB_UID],
+                job.uid().expect("uid"),
+                "pod {} of another job shares node {node:?}",
+                other.name_any()
+            );
+        }
+    }
     let roles: Vec<&str> = pods
         .iter()
         .map(|p| p.labels()[LABEL_ROLE].as_str())
