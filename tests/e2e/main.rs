@@ -209,7 +209,7 @@ async fn dedicated_job_gets_driver_and_workers_on_its_pools_nodes_and_completes(
             "dedicated pods keep other jobs off their nodes"
         );
     }
-    // No other DataJob's pod (of any namespace) shares a node with this executor.
+    // No other DataJob's running pod (of any namespace) shares a node with this executor.
     let my_nodes: BTreeSet<String> = pods
         .iter()
         .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
@@ -219,6 +219,11 @@ async fn dedicated_job_gets_driver_and_workers_on_its_pools_nodes_and_completes(
         .await
         .expect("list executor pods");
     for other in &all_executors.items {
+        // Finished pods (kept for their logs) hold no resources, and the scheduler ignores them.
+        let phase = other.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
         let node = other.spec.as_ref().and_then(|s| s.node_name.clone());
         if node.as_ref().is_some_and(|n| my_nodes.contains(n)) {
             assert_eq!(
