@@ -118,7 +118,9 @@ fn start_operator(path: &str, namespace: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("operator starts")
+        .unwrap_or_else(|e| {
+            panic!("cannot start the operator {path} (cargo build --release first): {e}")
+        })
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command: brings up a local control plane (cluster `ci` unless --name or
-# $DATAJOB_TEST_CLUSTER says otherwise; built first when needed), runs `cargo test --all-targets`
-# (unit tests and the tests against the cluster) with KUBECONFIG and the alice/bob kubeconfigs
-# exported, and always brings the cluster down again. Exits non-zero on any failure.
-# Arguments after -- replace `--all-targets`.
+# $DATAJOB_TEST_CLUSTER says otherwise; built first when needed), runs
+# `cargo test --lib --bins --tests` (unit tests and the tests against the cluster; the benchmark
+# is hack/bench.sh's) with KUBECONFIG and the alice/bob kubeconfigs exported, and always brings
+# the cluster down again. Exits non-zero on any failure.
+# Arguments after -- replace `--lib --bins --tests`.
 #
 #   hack/test.sh [--name NAME] [--port-base PORT] [-- CARGO_TEST_ARGS...]
 #
@@ -83,8 +84,8 @@ for a in "${CARGO_ARGS[@]}"; do
   [[ $a == -- ]] && break
   BUILD_ARGS+=("$a")
 done
-((${#CARGO_ARGS[@]})) || CARGO_ARGS=(--all-targets)
-((${#BUILD_ARGS[@]})) || BUILD_ARGS=(--all-targets)
+((${#CARGO_ARGS[@]})) || CARGO_ARGS=(--lib --bins --tests)
+((${#BUILD_ARGS[@]})) || BUILD_ARGS=(--lib --bins --tests)
 stamp "building the tests"
 cargo test --no-run "${BUILD_ARGS[@]}"
 phase "cargo build (tests)"
