@@ -382,6 +382,9 @@ async fn cleanup(job: &DataJob, ctx: &Context) -> Result<Action, Error> {
     let pods_api = ctx.pods_api(&namespace);
     let live = observe::live_pods(&pods_api, job).await?;
     if live.is_empty() {
+        if let (Some(uid), Ok(mut rejections)) = (job.uid(), ctx.rejections.lock()) {
+            rejections.remove(&uid);
+        }
         info!(job = %observe::object_key(job), "executor pods gone; releasing the DataJob");
         if let Some(pool) = &job.spec.compute_pool {
             ctx.wake_pool(pool);
