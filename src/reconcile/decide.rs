@@ -171,16 +171,15 @@ pub fn decide(obs: &Observation) -> Plan {
     let mut step = Step::new(obs);
     match obs.status.state {
         None => step.initialize(),
-        Some(state) if state.is_terminal() => step.finished(state),
+        Some(state @ (JobState::Cancelled | JobState::Completed | JobState::Failed)) => {
+            step.finished(state)
+        }
         Some(JobState::PendingCancellation) => step.tear_down(),
         Some(JobState::Pending | JobState::Running) if obs.spec.cancel => {
             step.request_cancellation()
         }
         Some(JobState::Pending) => step.pending(),
         Some(JobState::Running) => step.running(),
-        Some(JobState::Cancelled | JobState::Completed | JobState::Failed) => {
-            unreachable!("terminal states are handled above")
-        }
     }
     step.finish()
 }
