@@ -343,7 +343,9 @@ async fn apply_plan(
 ) -> Result<Action, Error> {
     let namespace = job.namespace().unwrap_or_default();
     let previous = job.status.as_ref().and_then(|s| s.state);
-    if apply::status_changed(job, plan) {
+    // Creating pods also goes through the guarded status write (a no-op when nothing changed):
+    // pods are only ever created from an up-to-date view of the job.
+    if apply::status_changed(job, plan) || !plan.create.is_empty() {
         apply::write_status(&ctx.jobs_api(&namespace), job, &plan.status).await?;
     }
     let pods = ctx.pods_api(&namespace);
