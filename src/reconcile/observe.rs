@@ -9,7 +9,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use super::decide::{Observation, ObservedPod, PodPhase, PoolView, Termination};
@@ -61,15 +61,26 @@ pub fn observe_pod(pod: &Pod) -> ObservedPod {
     }
 }
 
-/// The job's executor pods from the pod cache, sorted by name.
+/// The job's executor pods from the pod cache, sorted by name. Pod names are deterministic, so
+/// this looks up the recorded executor's slots by name (not a scan of every cached pod); a
+/// decision that needs to know that no pod at all is left confirms it with [`live_pods`].
 pub fn cached_pods(pods: &Store<Pod>, job: &DataJob) -> Vec<ObservedPod> {
-    let uid = job.uid().unwrap_or_default();
-    let namespace = job.namespace();
-    let mut observed: Vec<ObservedPod> = pods
-        .state()
+    let (Some(uid), Some(namespace)) = (job.uid(), job.namespace()) else {
+        return Vec::new();
+    };
+    let Some(status) = &job.status else {
+        return Vec::new();
+    };
+    let Some(executor) = &status.executor else {
+        return Vec::new();
+    };
+    let cluster_type = status.cluster_type.unwrap_or_default();
+    let workers = super::decide::workers(&job.spec);
+    let mut observed: Vec<ObservedPod> = executor::pod_slots(executor, cluster_type, workers)
         .iter()
-        .filter(|p| p.namespace() == namespace && p.labels().get(LABEL_JOB_UID) == Some(&uid))
-        .map(|p| observe_pod(p))
+        .filter_map(|slot| pods.get(&ObjectRef::new(&slot.name).within(&namespace)))
+        .filter(|p| p.labels().get(LABEL_JOB_UID) == Some(&uid))
+        .map(|p| observe_pod(&p))
         .collect();
     observed.sort_by(|a, b| a.name.cmp(&b.name));
     observed
