@@ -587,6 +587,7 @@ proptest! {
         let mut job = Job::new(cluster_type);
         job.obs.spec.active_deadline_seconds = deadline;
         let mut terminal: Option<JobState> = None;
+        let mut frozen: Option<String> = None;
         let mut executor: Option<String> = None;
         let mut saw_pending_cancellation = false;
         for event in events {
@@ -635,6 +636,16 @@ proptest! {
                     }
                     if let Some(state) = after && state.is_terminal() {
                         terminal = Some(state);
+                        // What a finished job records never changes afterwards.
+                        let s = &job.obs.status;
+                        let record = format!(
+                            "{:?}",
+                            (&s.result, &s.failures, &s.cancellation, &s.started_at, &s.completed_at)
+                        );
+                        if let Some(first) = &frozen {
+                            prop_assert_eq!(first, &record);
+                        }
+                        frozen = Some(record);
                     }
                 }
                 Happening::Phase(phase) => {
