@@ -512,6 +512,12 @@ mod tests {
 
     type ApiServer = Handle<Request<Body>, Response<Body>>;
 
+    /// A context whose client talks to a mocked API server, and that server's handle.
+    fn mocked() -> (Context, ApiServer) {
+        let (service, server) = mock::pair::<Request<Body>, Response<Body>>();
+        (context(Client::new(service, "default")), server)
+    }
+
     async fn next(server: &mut ApiServer) -> (Request<Value>, mock::SendResponse<Response<Body>>) {
         let (request, send) = server.next_request().await.expect("a request");
         let (parts, body) = request.into_parts();
@@ -536,8 +542,7 @@ mod tests {
 
     #[tokio::test]
     async fn status_is_written_with_the_observed_resource_version_before_pods_are_created() {
-        let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
-        let ctx = context(Client::new(service, "default"));
+        let (ctx, mut server) = mocked();
         let datajob = job();
         let api_server = tokio::spawn(async move {
             let (status, send) = next(&mut server).await;
@@ -594,8 +599,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stale_view_creates_no_pod() {
-        let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
-        let ctx = context(Client::new(service, "default"));
+        let (ctx, mut server) = mocked();
         let datajob = job();
         let api_server = tokio::spawn(async move {
             let (status, send) = next(&mut server).await;

@@ -93,13 +93,8 @@ async fn reconcile(pool: Arc<ComputePool>, ctx: Arc<Context>) -> Result<Action, 
         .items;
     let now = Time(super::observe::now());
     let status = pool_status(&pool, &jobs, now);
-    let unchanged = pool.status.as_ref().is_some_and(|s| {
-        s.active_jobs == status.active_jobs
-            && s.queued_jobs == status.queued_jobs
-            && s.observed_generation == status.observed_generation
-            && s.conditions.first().map(|c| &c.message)
-                == status.conditions.first().map(|c| &c.message)
-    });
+    // pool_status keeps the Ready condition's transition time, so an unchanged pool compares equal.
+    let unchanged = pool.status.as_ref() == Some(&status);
     if !unchanged {
         let patch = json!({
             "apiVersion": ComputePool::api_version(&()),
