@@ -6,9 +6,11 @@
 //! metrics, [`http`] the metrics and health endpoints, and [`leader`] leader election.
 
 pub mod api;
+pub mod clock;
 pub mod executor;
 pub mod http;
 pub mod leader;
+pub mod policy;
 pub mod reconcile;
 pub mod telemetry;
 

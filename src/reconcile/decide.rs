@@ -301,7 +301,7 @@ impl<'a> Step<'a> {
         if let (Some(ttl), Some(done)) =
             (spec.ttl_seconds_after_finished, &self.status.completed_at)
         {
-            let expires = done.0 + Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
+            let expires = crate::clock::after(done.0, i64::from(ttl));
             if self.obs.now >= expires {
                 self.delete_job = true;
             } else {
@@ -455,7 +455,7 @@ impl<'a> Step<'a> {
                 None if driver.phase == PodPhase::Succeeded => (0, ""),
                 None => (1, ""),
             };
-            match executor::read_driver_outcome(self.obs.spec.job_type, exit_code, message) {
+            match executor::read_driver_outcome(&self.obs.spec, exit_code, message) {
                 DriverOutcome::Succeeded(result) => self.complete(result),
                 DriverOutcome::InvalidResult(message) => self.fail("InvalidResult", message),
                 DriverOutcome::Failed(message) => self.fail("DriverFailed", message),
@@ -470,7 +470,7 @@ impl<'a> Step<'a> {
             self.obs.spec.active_deadline_seconds,
             self.status.started_at.clone(),
         ) {
-            let expires = started.0 + Duration::from_secs(u64::try_from(deadline).unwrap_or(0));
+            let expires = crate::clock::after(started.0, deadline);
             if self.obs.now >= expires {
                 self.fail(
                     "DeadlineExceeded",
@@ -716,6 +716,5 @@ fn reason_suffix(reason: Option<&str>) -> String {
 }
 
 fn duration_until(now: Timestamp, then: Timestamp) -> Duration {
-    let seconds = then.as_second().saturating_sub(now.as_second()).max(0);
-    Duration::from_secs(u64::try_from(seconds).unwrap_or(0) + 1)
+    crate::clock::duration_until(now, then)
 }
