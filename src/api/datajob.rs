@@ -33,9 +33,6 @@ pub const MAX_TTL_SECONDS_AFTER_FINISHED: i32 = 31_536_000;
 /// Largest `spec.input.datasetId` (10^18: exact in the API server's float comparison and far
 /// inside int64).
 pub const MAX_DATASET_ID: i64 = 1_000_000_000_000_000_000;
-/// Most UTF-8 bytes of `spec.input.nql` and of `spec.input.compiledSql` together (each is at
-/// most 256 KiB on its own), so that both fit the job's query ConfigMap (1 MiB).
-pub const MAX_QUERY_BYTES: usize = 512 * 1024;
 
 /// A data job: a materialized view or an NQL forecast, run by executor pods on a data plane.
 // Every printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
@@ -189,7 +186,6 @@ impl fmt::Display for JobType {
 /// The job's query and the dataset it works on.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.compiledSql) || size(bytes(self.nql)) + size(bytes(self.compiledSql)) <= 524288").message("spec.input.nql and spec.input.compiledSql together must be at most 512 KiB (UTF-8 bytes)"))]
 pub struct JobInput {
     /// The NQL statement to run (non-empty, at most 256 KiB of UTF-8).
     #[schemars(length(min = 1, max = 262144))]

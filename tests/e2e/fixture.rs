@@ -104,6 +104,12 @@ impl Operator {
         self.check_alive();
     }
 
+    /// The exit status, once the process has exited (None while it runs).
+    #[allow(dead_code)] // used by tests/bad_input.rs
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for the operator")
+    }
+
     fn check_alive(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(
