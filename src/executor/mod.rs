@@ -2,6 +2,7 @@
 //! image, the restricted security context, and how a driver's termination message becomes a
 //! result or a failure.
 
+pub mod cache;
 pub mod result;
 
 use std::collections::BTreeMap;
