@@ -126,6 +126,7 @@ async fn run(args: RunArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let instance = args.instance.clone().unwrap_or_else(default_identity);
+    let elector = leader_elector(&args, &client, &instance);
     let config = controller::Config {
         namespace: args.namespace,
         data_plane: args.data_plane,
@@ -133,15 +134,6 @@ async fn run(args: RunArgs) -> ExitCode {
         concurrency: args.concurrency,
         instance: Some(instance.clone()),
     };
-    let elector = args.leader_election.then(|| {
-        LeaderElector::new(
-            client.clone(),
-            &args.lease_namespace,
-            &args.lease_name,
-            &instance,
-            Duration::from_secs(args.lease_duration_seconds.max(3)),
-        )
-    });
     if let Some(elector) = &elector {
         info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");
         tokio::select! {
@@ -167,6 +159,19 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     info!("controller stopped");
     ExitCode::SUCCESS
+}
+
+/// The candidate in the leader election, when `--leader-election` asks for one.
+fn leader_elector(args: &RunArgs, client: &kube::Client, instance: &str) -> Option<LeaderElector> {
+    args.leader_election.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            instance,
+            Duration::from_secs(args.lease_duration_seconds.max(3)),
+        )
+    })
 }
 
 /// Serves /metrics, /healthz and /readyz in the background; false when the address cannot be
