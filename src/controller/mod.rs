@@ -18,6 +18,7 @@ pub mod pool;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt, future};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::reflector;
@@ -27,7 +28,6 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::api::DataJob;
 use crate::executor;
 use crate::telemetry::Metrics;
 pub use datajob::{Config, FINALIZER, Stores};
@@ -53,32 +53,25 @@ pub async fn run(
         .is_none()
         .then(|| (subscribe(&job_writer), subscribe(&pool_writer)));
     let (job_changes, pool_changes) = (subscribe(&job_writer), subscribe(&pool_writer));
-    let pod_changes = reflector::reflector(
-        pod_writer,
-        watcher(pods_api(&client, &config), pod_watch(&config)),
-    )
-    .default_backoff()
-    .touched_objects();
+    let pod_changes = pod_changes(&client, &config, pod_writer);
     let watches = future::join(
-        feed(jobs_api(&client, &config), job_watch(&config), job_writer),
-        feed(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            pool_writer,
-        ),
+        feed(scoped_api(&client, &config), job_watch(&config), job_writer),
+        feed(Api::all(client.clone()), Default::default(), pool_writer),
     );
     let (context, wakeups) = datajob::Context::new(client.clone(), config, metrics, stores.clone());
     let triggers = datajob::Triggers {
-        jobs: job_changes,
-        pods: pod_changes,
-        pools: pool_changes,
+        jobs: job_changes.boxed(),
+        pods: pod_changes.boxed(),
+        pools: pool_changes.boxed(),
         wake: wakeups.jobs,
     };
     let job_controller = datajob::run(context, triggers);
+    // Without a pool status controller the wake-ups for it are dropped here, not queued.
+    let pool_controller =
+        pool_status.map(|(jobs, pools)| pool::run(client, stores, jobs, pools, wakeups.pools));
     let controllers = async move {
-        match pool_status {
-            Some((jobs, pools)) => {
-                let pool_controller = pool::run(client, stores, jobs, pools, wakeups.pools);
+        match pool_controller {
+            Some(pool_controller) => {
                 future::join(job_controller, pool_controller).await;
             }
             None => job_controller.await,
@@ -101,18 +94,27 @@ async fn signal_ready(stores: Stores, ready: impl FnOnce()) {
     }
 }
 
-fn jobs_api(client: &Client, config: &Config) -> Api<DataJob> {
+/// An API for the namespace the instance watches, or for all namespaces.
+fn scoped_api<K>(client: &Client, config: &Config) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
     match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
 }
 
-fn pods_api(client: &Client, config: &Config) -> Api<Pod> {
-    match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
+/// Changes of the executor pods; the job controller's pod cache follows them.
+fn pod_changes(
+    client: &Client,
+    config: &Config,
+    writer: Writer<Pod>,
+) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+    let watch = watcher(scoped_api(client, config), pod_watch(config));
+    reflector::reflector(writer, watch)
+        .default_backoff()
+        .touched_objects()
 }
 
 /// The DataJob watch: every job in scope, or one data plane's (a field selector).

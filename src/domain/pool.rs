@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -13,7 +14,7 @@ use super::model::{ConditionType, Reason};
 use crate::api::{ComputePool, ComputePoolStatus, DataJob, condition as api_condition};
 
 /// How often a pool's status is recomputed when nothing triggers it.
-pub const POOL_RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
+pub const POOL_RESYNC: Duration = Duration::from_secs(300);
 
 /// The status of `pool` given the jobs the operator sees. The Ready condition keeps its
 /// transition time, so an unchanged pool yields an equal status.

@@ -14,12 +14,15 @@ mod tests;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use tracing::{debug, info, warn};
 
 use crate::api::{ComputePool, DataJob};
@@ -31,26 +34,20 @@ pub use error::Error;
 /// Finalizer that holds a DataJob until its executor pods are gone.
 pub const FINALIZER: &str = "datajob.dev/teardown";
 
-/// What makes the job controller reconcile a job, besides the job's own changes.
-pub struct Triggers<J, P, O, W> {
-    /// The DataJobs that changed.
-    pub jobs: J,
+/// What makes the job controller reconcile a job.
+pub struct Triggers {
+    /// DataJobs that changed (from the shared DataJob watch).
+    pub jobs: BoxStream<'static, Arc<DataJob>>,
     /// Executor pods that changed (their owner is reconciled).
-    pub pods: O,
+    pub pods: BoxStream<'static, Result<Pod, watcher::Error>>,
     /// ComputePools that changed (the jobs naming them are reconciled).
-    pub pools: P,
+    pub pools: BoxStream<'static, Arc<ComputePool>>,
     /// Jobs the controller wakes itself (a slot was freed).
-    pub wake: W,
+    pub wake: UnboundedReceiver<ObjectRef<DataJob>>,
 }
 
 /// Runs the DataJob controller until a shutdown signal.
-pub async fn run<J, P, O, W>(ctx: Context, triggers: Triggers<J, P, O, W>)
-where
-    J: Stream<Item = Arc<DataJob>> + Send + 'static,
-    P: Stream<Item = Arc<ComputePool>> + Send + 'static,
-    O: Stream<Item = Result<Pod, kube::runtime::watcher::Error>> + Send + 'static,
-    W: Stream<Item = ObjectRef<DataJob>> + Send + 'static,
-{
+pub async fn run(ctx: Context, triggers: Triggers) {
     let jobs = ctx.stores.jobs.clone();
     let config = controller::Config::default().concurrency(ctx.config.concurrency);
     Controller::for_shared_stream(triggers.jobs, jobs.clone())

@@ -22,7 +22,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::model::{EventKind, JobEvent, Observation, ObservedPod, Plan, Reason};
+use super::model::{
+    ConditionType, EventKind, JobEvent, Observation, ObservedPod, Plan, PoolView, RESYNC, Reason,
+};
 use crate::api::{ClusterType, DataJobSpec, DataJobStatus, JobFailure, JobState};
 use crate::executor::PodSlot;
 
@@ -48,9 +50,9 @@ pub fn decide(obs: &Observation) -> Plan {
 }
 
 /// The cluster type a job runs on: its own setting, else its pool's, else shared.
-pub fn resolve_cluster_type(spec: &DataJobSpec, pool: &super::PoolView) -> ClusterType {
+pub fn resolve_cluster_type(spec: &DataJobSpec, pool: &PoolView) -> ClusterType {
     spec.cluster_type.unwrap_or(match pool {
-        super::PoolView::Present { cluster_type, .. } => *cluster_type,
+        PoolView::Present { cluster_type, .. } => *cluster_type,
         _ => ClusterType::Shared,
     })
 }
@@ -156,7 +158,7 @@ impl<'a> Step<'a> {
     fn wait(&mut self, reason: Reason, message: String, kind: EventKind) {
         let previous = crate::api::condition::find(
             &self.obs.status.conditions,
-            super::ConditionType::Reconciling.as_str(),
+            ConditionType::Reconciling.as_str(),
         );
         if previous.is_none_or(|c| reason != c.reason.as_str())
             && reason != Reason::CreatingExecutor
@@ -165,7 +167,7 @@ impl<'a> Step<'a> {
         }
         self.waiting = Some(Waiting { reason, message });
         if self.requeue.is_none() {
-            self.requeue = Some(super::RESYNC);
+            self.requeue = Some(RESYNC);
         }
     }
 
