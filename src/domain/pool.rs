@@ -47,3 +47,45 @@ pub fn pool_status(pool: &ComputePool, jobs: &[Arc<DataJob>], now: Time) -> Comp
         )],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn job(name: &str, status: serde_json::Value) -> Arc<DataJob> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "datajob.dev/v1alpha1", "kind": "DataJob",
+                "metadata": { "name": name, "namespace": "ns", "uid": name },
+                "spec": { "type": "nql-forecast", "input": { "nql": "x" }, "dataPlane": "dp",
+                          "computePool": "p" },
+                "status": status,
+            }))
+            .expect("job"),
+        )
+    }
+
+    #[test]
+    fn counts_active_and_queued_jobs_and_an_unchanged_pool_compares_equal() {
+        let mut pool: ComputePool = serde_json::from_value(json!({
+            "apiVersion": "datajob.dev/v1alpha1", "kind": "ComputePool",
+            "metadata": { "name": "p", "generation": 3 },
+            "spec": { "maxConcurrentJobs": 1 },
+        }))
+        .expect("pool");
+        let jobs = [
+            job("a", json!({ "state": "running", "executor": "dj-a" })),
+            job("b", json!({ "state": "pending" })),
+            job("c", json!({ "state": "completed", "executor": "dj-c" })),
+        ];
+        let first = Time(jiff::Timestamp::from_second(1).expect("time"));
+        let status = pool_status(&pool, &jobs, first.clone());
+        assert_eq!((status.active_jobs, status.queued_jobs), (1, 1));
+        assert_eq!(status.conditions[0].reason, "Accepting");
+        pool.status = Some(status.clone());
+        let later = Time(jiff::Timestamp::from_second(99).expect("time"));
+        assert_eq!(pool_status(&pool, &jobs, later), status);
+    }
+}
