@@ -1,17 +1,18 @@
 //! datajob-operator: runs `DataJob`s on executor pods and cancels them on request.
 //!
 //! The crate is a library with a thin binary. [`api`] holds the custom resources,
-//! [`executor`] the executor pod templates and the contract with the executor image,
-//! [`reconcile`] the controller (observe -> decide -> apply -> status), [`telemetry`] logs and
-//! metrics, [`http`] the metrics and health endpoints, and [`leader`] leader election.
+//! [`domain`] the pure core (every decision: the state machine, admission, conditions, pool
+//! status), [`controller`] the kube glue around it (watches, observe -> decide -> apply ->
+//! status), [`executor`] the executor pods and the contract with the executor image,
+//! [`telemetry`] logs and metrics, [`http`] the metrics and health endpoints, and [`leader`]
+//! leader election.
 
 pub mod api;
-pub mod clock;
+pub mod controller;
+pub mod domain;
 pub mod executor;
 pub mod http;
 pub mod leader;
-pub mod policy;
-pub mod reconcile;
 pub mod telemetry;
 
 /// Name of the operator: field manager of everything it writes, Event reporter, label value.

@@ -5,8 +5,8 @@
 use datajob_operator::api::{
     ClusterType, DataJobSpec, DataJobStatus, ExecutorSpec, JobInput, JobState, JobType,
 };
+use datajob_operator::domain::{Observation, ObservedPod, PodPhase, PoolView, decide};
 use datajob_operator::executor;
-use datajob_operator::reconcile::decide::{Observation, ObservedPod, PodPhase, PoolView, decide};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use proptest::prelude::*;
