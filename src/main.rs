@@ -48,6 +48,15 @@ struct RunArgs {
         default_value = "ghcr.io/datajob-dev/executor:0.1.0"
     )]
     executor_image: String,
+    /// An image prefix executor pods may use (repeatable, or comma-separated in the variable).
+    /// With none, and no `allowedImages` in the job's pool, every image is allowed; otherwise
+    /// a job whose image matches none fails with reason InvalidSpec.
+    #[arg(
+        long = "allowed-image-prefix",
+        env = "DATAJOB_ALLOWED_IMAGE_PREFIXES",
+        value_delimiter = ','
+    )]
+    allowed_image_prefixes: Vec<String>,
     /// Log format.
     #[arg(
         long,
@@ -133,6 +142,7 @@ async fn run(args: RunArgs) -> ExitCode {
         executor_image: args.executor_image,
         concurrency: args.concurrency,
         instance: Some(instance.clone()),
+        allowed_image_prefixes: args.allowed_image_prefixes,
     };
     if let Some(elector) = &elector {
         info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");

@@ -260,6 +260,7 @@ fn namespaced_needs() -> Grants {
 fn pool_needs() -> Grants {
     grants(&[
         ("datajob.dev", "computepools", &["get", "list", "watch"]),
+        ("", "namespaces", &["get"]),
         (
             "datajob.dev",
             "computepools/status",

@@ -59,6 +59,7 @@ impl Job {
                 pods: Vec::new(),
                 pool: PoolView::NotRequested,
                 rejection: None,
+                refusal: None,
             },
         }
     }

@@ -76,6 +76,7 @@ fn observed(state: JobState, started: Timestamp, now: Timestamp, spec: DataJobSp
         },
         pool: PoolView::NotRequested,
         rejection: None,
+        refusal: None,
     }
 }
 

@@ -111,7 +111,9 @@ fn pod_changes(
     config: &Config,
     writer: Writer<Pod>,
 ) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
-    let watch = watcher(scoped_api(client, config), pod_watch(config));
+    // Pods are cached stripped to what observe reads (no env, spec, managed fields).
+    let watch =
+        watcher(scoped_api(client, config), pod_watch(config)).modify(executor::cache::strip_pod);
     reflector::reflector(writer, watch)
         .default_backoff()
         .touched_objects()

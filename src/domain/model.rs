@@ -116,6 +116,9 @@ pub struct Observation {
     /// Why the API server refused to create an executor pod (an invalid pod built from the
     /// spec); None when no creation was refused.
     pub rejection: Option<String>,
+    /// Why the tenant boundary refuses the job ([`crate::domain::policy`]), or a pod that
+    /// squats on one of its executor's names; None when nothing is refused.
+    pub refusal: Option<crate::domain::policy::Refusal>,
 }
 
 /// Severity of an event.
@@ -255,6 +258,16 @@ named! {
         DriverFailed,
         /// Failure: the job ran longer than activeDeadlineSeconds.
         DeadlineExceeded,
+        /// Failure: the spec asks for what the policy forbids (an image, Secret or ConfigMap
+        /// environment), or the operator cannot read the object; also the Stalled reason of an
+        /// undecodable object.
+        InvalidSpec,
+        /// Failure: the job's pool does not admit the job's namespace.
+        PoolNotAllowed,
+        /// Failure: a pod under an executor's deterministic name belongs to something else.
+        ExecutorConflict,
+        /// Event: a reconcile panicked; it is retried with backoff.
+        ReconcilePanicked,
         /// Event: a cancel request on a finished job.
         CancellationIgnored,
         /// Event: creating an executor pod failed (retried).

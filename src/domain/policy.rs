@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{ComputePool, DataJobSpec};
+use crate::domain::model::Reason;
 
 /// Why a job may not run as written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,21 +21,27 @@ pub enum Refusal {
     InvalidSpec(String),
     /// The pool does not admit the job's namespace (reason `PoolNotAllowed`).
     PoolNotAllowed(String),
+    /// A pod under one of the executor's deterministic names is not the job's (reason
+    /// `ExecutorConflict`); it is never adopted.
+    ExecutorConflict(String),
 }
 
 impl Refusal {
     /// The failure reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Refusal::InvalidSpec(_) => "InvalidSpec",
-            Refusal::PoolNotAllowed(_) => "PoolNotAllowed",
+            Refusal::InvalidSpec(_) => Reason::InvalidSpec,
+            Refusal::PoolNotAllowed(_) => Reason::PoolNotAllowed,
+            Refusal::ExecutorConflict(_) => Reason::ExecutorConflict,
         }
     }
 
     /// What is wrong and what to do about it.
     pub fn message(&self) -> &str {
         match self {
-            Refusal::InvalidSpec(m) | Refusal::PoolNotAllowed(m) => m,
+            Refusal::InvalidSpec(m) | Refusal::PoolNotAllowed(m) | Refusal::ExecutorConflict(m) => {
+                m
+            }
         }
     }
 }
@@ -267,7 +274,7 @@ mod tests {
             json!([{ "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } }]),
         );
         let refused = check(&secret, "ns", None, None, "img", &[]).expect_err("no pool");
-        assert_eq!(refused.reason(), "InvalidSpec");
+        assert_eq!(refused.reason(), Reason::InvalidSpec);
         assert!(
             refused
                 .message()
@@ -299,7 +306,7 @@ mod tests {
             &[],
         )
         .expect_err("namespace b is not admitted");
-        assert_eq!(refused.reason(), "PoolNotAllowed");
+        assert_eq!(refused.reason(), Reason::PoolNotAllowed);
         assert!(check(&job, "b", None, Some(&limited), "img", &[]).is_err());
     }
 
@@ -308,7 +315,7 @@ mod tests {
         let job = spec(json!([]));
         let flags = strings(&["registry.example/"]);
         let refused = check(&job, "ns", None, None, "evil.example/x", &flags).expect_err("refused");
-        assert_eq!(refused.reason(), "InvalidSpec");
+        assert_eq!(refused.reason(), Reason::InvalidSpec);
         assert!(refused.message().contains("evil.example/x"));
         let pool = pool(json!({ "allowedImages": ["evil.example/x"] }));
         assert_eq!(

@@ -83,6 +83,16 @@ pub struct ExecutorTemplate {
     pub tolerations: Vec<Toleration>,
 }
 
+/// The image executor pods of `job` run: the job's, else its pool's, else the operator's.
+pub fn image(job: &DataJob, pool: Option<&ComputePool>, defaults: &ExecutorDefaults) -> String {
+    job.spec
+        .executor
+        .as_ref()
+        .and_then(|e| e.image.clone())
+        .or_else(|| pool.and_then(|p| p.spec.executor.as_ref()?.image.clone()))
+        .unwrap_or_else(|| defaults.image.clone())
+}
+
 impl ExecutorTemplate {
     /// Resolves the template from the job, its pool and the operator's defaults: the job's
     /// executor settings win over the pool's, which win over the defaults. `cluster_type` is
@@ -116,10 +126,7 @@ impl ExecutorTemplate {
             data_plane: spec.data_plane.clone(),
             compute_pool: spec.compute_pool.clone(),
             cluster_type,
-            image: job_executor
-                .image
-                .or(pool_executor.image)
-                .unwrap_or_else(|| defaults.image.clone()),
+            image: image(job, pool, defaults),
             resources: job_executor.resources.or(pool_executor.resources),
             termination_grace_period_seconds: job_executor
                 .termination_grace_period_seconds

@@ -99,4 +99,8 @@ Rules on the cluster-scoped ComputePools: always a ClusterRole.
 - apiGroups: ["datajob.dev"]
   resources: ["computepools/status"]
   verbs: ["get", "patch", "update"]
+# A pool's namespaceSelector is matched against the labels of the job's namespace.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
 {{- end }}

@@ -18,7 +18,7 @@ use crate::OPERATOR_NAME;
 use crate::api::{ComputePool, DataJob, JobState};
 use crate::controller::kube_util::{self, Guard, invalid_message, is_not_found, object_key};
 use crate::domain::{self, EventKind, JobEvent, Plan};
-use crate::executor::ExecutorTemplate;
+use crate::executor::{ExecutorTemplate, LABEL_JOB_UID};
 
 /// When to look again after the API server rejected an executor pod: the next pass observes
 /// the rejection and decide records it as the job's failure.
@@ -32,6 +32,8 @@ enum Creation {
     Done,
     /// The API server refused a pod as invalid, with this message.
     Rejected(String),
+    /// A pod that is not the job's already has one of the executor's names.
+    Conflict(String),
 }
 
 /// Carries out `plan` for `job` (as observed, with the pool the observation saw).
@@ -59,10 +61,18 @@ pub async fn apply(
     }
     let pods = ctx.pods_api(&namespace);
     delete_pods(&pods, &namespace, &plan.delete).await?;
-    if let Creation::Rejected(message) = create_executor(job, ctx, plan, pool, &pods).await? {
-        info!(job = %object_key(job), %message, "the API server rejected an executor pod");
-        ctx.record_rejection(&job.uid().unwrap_or_default(), &message);
-        return Ok(Action::requeue(RECHECK_AFTER_REJECTION));
+    match create_executor(job, ctx, plan, pool, &pods).await? {
+        Creation::Done => {}
+        Creation::Rejected(message) => {
+            info!(job = %object_key(job), %message, "the API server rejected an executor pod");
+            ctx.record_rejection(&job.uid().unwrap_or_default(), &message);
+            return Ok(Action::requeue(RECHECK_AFTER_REJECTION));
+        }
+        Creation::Conflict(message) => {
+            warn!(job = %object_key(job), %message, "a pod squats on an executor name");
+            ctx.record_conflict(&job.uid().unwrap_or_default(), &message);
+            return Ok(Action::requeue(RECHECK_AFTER_REJECTION));
+        }
     }
     publish_events(&ctx.recorder, job, &plan.events).await;
     record_transition(job, ctx, plan);
@@ -139,6 +149,9 @@ async fn create_pods(
         {
             Ok(_) => debug!(pod = %slot.name, "created executor pod"),
             Err(source) if kube_util::is_conflict(&source) => {
+                if let Some(message) = squatter(pods, job, &slot.name).await? {
+                    return Ok(Creation::Conflict(message));
+                }
                 debug!(pod = %slot.name, "executor pod already exists");
             }
             Err(source) => {
@@ -153,6 +166,31 @@ async fn create_pods(
         }
     }
     Ok(Creation::Done)
+}
+
+/// When the existing pod `name` is not the job's (no owner reference to the job, or not
+/// labelled with its uid), why it must not be adopted.
+async fn squatter(pods: &Api<Pod>, job: &DataJob, name: &str) -> Result<Option<String>, Error> {
+    let uid = job.uid().unwrap_or_default();
+    let existing = pods
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::CreatePod {
+            pod: format!("{}/{name}", job.namespace().unwrap_or_default()),
+            source,
+        })?;
+    let Some(pod) = existing else {
+        // Gone again since the conflict: the next pass creates it.
+        return Ok(None);
+    };
+    let owned = pod.owner_references().iter().any(|o| o.uid == uid);
+    let labelled = pod.labels().get(LABEL_JOB_UID) == Some(&uid);
+    Ok((!owned || !labelled).then(|| {
+        format!(
+            "pod {}/{name} already exists but does not belong to this DataJob (owner or {LABEL_JOB_UID} label differs); it is left alone: delete it or recreate the DataJob",
+            job.namespace().unwrap_or_default()
+        )
+    }))
 }
 
 /// Deletes pods gracefully (each with its own grace period); a pod already gone counts as
@@ -193,7 +231,7 @@ async fn delete_job(jobs: &Api<DataJob>, job: &DataJob) -> Result<(), Error> {
 }
 
 /// Publishes events on the job; a failure to publish is logged, never fatal.
-async fn publish_events(recorder: &Recorder, job: &DataJob, events: &[JobEvent]) {
+pub(super) async fn publish_events(recorder: &Recorder, job: &DataJob, events: &[JobEvent]) {
     let reference = job.object_ref(&());
     for event in events {
         let published = recorder

@@ -31,6 +31,9 @@ pub struct Config {
     pub concurrency: u16,
     /// Identity of this instance in events (for example the pod name).
     pub instance: Option<String>,
+    /// Image prefixes executor pods may use (`--allowed-image-prefix`); empty allows every
+    /// image unless the job's pool lists `allowedImages`.
+    pub allowed_image_prefixes: Vec<String>,
 }
 
 /// The caches the controllers read from.
@@ -80,6 +83,8 @@ pub struct Context {
     failures: Table<HashMap<String, u32>>,
     /// Why the API server rejected a job's executor pod, by job uid, until the job records it.
     rejections: Table<HashMap<String, String>>,
+    /// Pods squatting on an executor's names, by job uid, until the job records its failure.
+    conflicts: Table<HashMap<String, String>>,
     wake_jobs: UnboundedSender<ObjectRef<DataJob>>,
     wake_pools: UnboundedSender<ObjectRef<ComputePool>>,
 }
@@ -110,6 +115,7 @@ impl Context {
             in_flight: Table::new(),
             failures: Table::new(),
             rejections: Table::new(),
+            conflicts: Table::new(),
             wake_jobs,
             wake_pools,
         };
@@ -177,9 +183,21 @@ impl Context {
             .with(|rejections| rejections.get(uid).cloned())
     }
 
-    /// Forgets a rejection once the job recorded its end.
+    /// Forgets a rejection (and a conflict) once the job recorded its end.
     pub(super) fn forget_rejection(&self, uid: &str) {
         self.rejections.with(|rejections| rejections.remove(uid));
+        self.conflicts.with(|conflicts| conflicts.remove(uid));
+    }
+
+    /// Remembers that a pod squats on one of job `uid`'s executor names.
+    pub(super) fn record_conflict(&self, uid: &str, message: &str) {
+        self.conflicts
+            .with(|conflicts| conflicts.insert(uid.to_string(), message.to_string()));
+    }
+
+    /// The squatter found for job `uid`, if any.
+    pub(super) fn conflict(&self, uid: &str) -> Option<String> {
+        self.conflicts.with(|conflicts| conflicts.get(uid).cloned())
     }
 
     /// A job of `pool` gave its slot back: reconcile the jobs waiting for one, and the pool's

@@ -19,6 +19,23 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Reading the job's namespace (for a pool's namespace selector) failed.
+    #[error("failed to read namespace {namespace}: {source}")]
+    ReadNamespace {
+        /// The namespace.
+        namespace: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A reconcile panicked; the panic was caught and the job is retried with backoff.
+    #[error("reconciling DataJob {job} panicked: {message}")]
+    Panicked {
+        /// namespace/name of the job.
+        job: String,
+        /// The panic's message.
+        message: String,
+    },
     /// Creating an executor pod failed.
     #[error("failed to create executor pod {pod}: {source}")]
     CreatePod {
@@ -87,6 +104,8 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::ListPods { .. } => "list_pods",
+            Error::ReadNamespace { .. } => "read_namespace",
+            Error::Panicked { .. } => "panic",
             Error::CreatePod { .. } => "create_pod",
             Error::DeletePod { .. } => "delete_pod",
             Error::WriteStatus { .. } => "write_status",

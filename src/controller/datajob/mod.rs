@@ -11,12 +11,14 @@ pub mod observe;
 #[cfg(test)]
 mod tests;
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::controller::{self, Action, Controller};
@@ -27,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{ComputePool, DataJob};
 use crate::controller::kube_util::object_key;
-use crate::domain::{self, Deletion, Observation};
+use crate::domain::{self, Deletion, EventKind, JobEvent, Observation, Reason};
 pub use context::{Config, Context, Stores, Wakeups};
 pub use error::Error;
 
@@ -79,15 +81,52 @@ pub async fn run(ctx: Context, triggers: Triggers) {
 }
 
 /// Entry point of one reconcile: counts it, and resets the job's backoff when it succeeds.
+/// A panic anywhere in it is caught and becomes an error for this one job (a Warning event,
+/// the `panic` error metric, a back-off), never a dead process.
 pub async fn reconcile(job: Arc<DataJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let key = object_key(&*job);
-    let result = reconcile_object(job, &ctx).await;
+    // Nothing is observed across the unwind: the side tables recover from poisoning, and the
+    // job's next reconcile starts from the caches again.
+    let result = match catch_panic(reconcile_object(job.clone(), &ctx)).await {
+        Ok(result) => result,
+        Err(message) => {
+            let error = Error::Panicked {
+                job: key.clone(),
+                message,
+            };
+            let event = JobEvent {
+                kind: EventKind::Warning,
+                reason: Reason::ReconcilePanicked,
+                message: format!("{error}; retrying with back-off"),
+            };
+            apply::publish_events(&ctx.recorder, &job, &[event]).await;
+            Err(error)
+        }
+    };
     ctx.metrics.observe_reconcile(started.elapsed());
     if result.is_ok() {
         ctx.reset_failures(&key);
     }
     result
+}
+
+/// Runs `future`, turning a panic in it into `Err` with the panic's message.
+pub async fn catch_panic<F: Future>(future: F) -> Result<F::Output, String> {
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|payload| panic_message(payload.as_ref()))
+}
+
+/// The text of a panic's payload (a `&str` or a `String`), cut to a line's length.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    crate::executor::result::clean(&text, 512)
 }
 
 /// Backs off per job: waits for a change on errors a retry cannot fix, retries write
@@ -135,7 +174,8 @@ async fn reconcile_object(job: Arc<DataJob>, ctx: &Context) -> Result<Action, Er
 
 /// Observe, decide, apply for a live (not deleted) job.
 async fn reconcile_job(job: &DataJob, ctx: &Context) -> Result<Action, Error> {
-    let observed = observe::observe(job, ctx);
+    let namespace_labels = observe::namespace_labels(job, ctx).await?;
+    let observed = observe::observe(job, ctx, namespace_labels.as_ref());
     let mut plan = domain::decide(&observed.observation);
     if plan.requires_absence {
         // The cache may lag behind pods just created: confirm absence with the API server.

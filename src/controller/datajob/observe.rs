@@ -3,10 +3,11 @@
 //! rejection the API server reported. Reads come from the controller's caches; [`live_pods`]
 //! asks the API server directly when a decision depends on pods being gone.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -15,6 +16,7 @@ use super::context::Context;
 use super::error::Error;
 use crate::api::{ComputePool, DataJob};
 use crate::controller::kube_util::object_key;
+use crate::domain::policy::{self, Refusal};
 use crate::domain::{self, Observation, ObservedPod, PodPhase, PoolView, Termination};
 use crate::executor::{self, CONTAINER_NAME, LABEL_JOB_UID, Role};
 
@@ -26,11 +28,18 @@ pub struct Observed {
     pub pool: Option<Arc<ComputePool>>,
 }
 
-/// Observes one job from the caches.
-pub fn observe(job: &DataJob, ctx: &Context) -> Observed {
+/// Observes one job from the caches. `namespace_labels` are the labels of the job's namespace
+/// when its pool has a namespace selector (see [`namespace_labels`]).
+pub fn observe(
+    job: &DataJob,
+    ctx: &Context,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> Observed {
     let pool = ctx.pool(job);
-    let admitted = pool.as_deref().is_some_and(|pool| ctx.admit(job, pool));
     let uid = job.uid().unwrap_or_default();
+    let refusal = refusal(job, ctx, pool.as_deref(), namespace_labels, &uid);
+    // A refused job takes no slot.
+    let admitted = refusal.is_none() && pool.as_deref().is_some_and(|pool| ctx.admit(job, pool));
     let observation = Observation {
         now: now(),
         name: job.name_any(),
@@ -40,9 +49,61 @@ pub fn observe(job: &DataJob, ctx: &Context) -> Observed {
         pods: cached_pods(&ctx.stores.pods, job),
         pool: pool_view(job, pool.as_deref(), admitted),
         rejection: ctx.rejection(&uid),
+        refusal,
         uid,
     };
     Observed { observation, pool }
+}
+
+/// A squatter found on an executor name, else what the tenant boundary refuses.
+fn refusal(
+    job: &DataJob,
+    ctx: &Context,
+    pool: Option<&ComputePool>,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    uid: &str,
+) -> Option<Refusal> {
+    if let Some(message) = ctx.conflict(uid) {
+        return Some(Refusal::ExecutorConflict(message));
+    }
+    let image = executor::image(job, pool, &ctx.defaults);
+    policy::check(
+        &job.spec,
+        &job.namespace().unwrap_or_default(),
+        namespace_labels,
+        pool,
+        &image,
+        &ctx.config.allowed_image_prefixes,
+    )
+    .err()
+}
+
+/// The labels of the job's namespace, read from the API server only when they matter: the
+/// job has no executor yet and its pool selects namespaces. None when they do not matter, or
+/// when the namespace cannot be read (the pool then refuses the job rather than guess).
+pub async fn namespace_labels(
+    job: &DataJob,
+    ctx: &Context,
+) -> Result<Option<BTreeMap<String, String>>, Error> {
+    let selects = ctx
+        .pool(job)
+        .is_some_and(|pool| pool.spec.namespace_selector.is_some());
+    let has_executor = job.status.as_ref().is_some_and(|s| s.executor.is_some());
+    if !selects || has_executor {
+        return Ok(None);
+    }
+    let name = job.namespace().unwrap_or_default();
+    match Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&name)
+        .await
+    {
+        Ok(namespace) => Ok(namespace.map(|ns| ns.labels().clone())),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+        Err(source) => Err(Error::ReadNamespace {
+            namespace: name,
+            source,
+        }),
+    }
 }
 
 /// The current time, truncated to whole seconds (the precision status times are stored with).

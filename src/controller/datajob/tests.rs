@@ -42,6 +42,7 @@ fn context(client: Client) -> Context {
         executor_image: "executor:test".to_string(),
         concurrency: 1,
         instance: None,
+        allowed_image_prefixes: Vec::new(),
     };
     Context::new(client, config, Arc::new(Metrics::default()), stores).0
 }
@@ -227,4 +228,30 @@ fn failure(code: u16, reason: &str, message: &str) -> Value {
         "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
         "reason": reason, "message": message,
     })
+}
+
+#[tokio::test]
+async fn a_panicking_reconcile_becomes_an_error_not_a_dead_process() {
+    let caught = super::catch_panic(async {
+        let deadline: i64 = std::hint::black_box(300_000_000_000);
+        if deadline > 0 {
+            panic!("adding unsigned duration to timestamp overflowed");
+        }
+        1
+    })
+    .await;
+    assert_eq!(
+        caught,
+        Err("adding unsigned duration to timestamp overflowed".to_string())
+    );
+    assert_eq!(super::catch_panic(async { 7 }).await, Ok(7));
+    let error = Error::Panicked {
+        job: "ns/j".to_string(),
+        message: "boom".to_string(),
+    };
+    assert_eq!(error.category(), "panic");
+    assert!(
+        error.retry_after(3).is_some(),
+        "a panicked job is retried with back-off"
+    );
 }

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::{Step, resolve_cluster_type, workers};
 use crate::api::JobState;
 use crate::domain::model::{EventKind, JobEvent, PodPhase, PoolView, RESYNC, Reason};
+use crate::domain::policy::Refusal;
 use crate::executor::{self, PodSlot};
 
 /// The event published when creating an executor pod failed for a reason a retry may fix
@@ -28,6 +29,19 @@ impl Step<'_> {
     }
 
     pub(super) fn pending(&mut self) {
+        // A pod squatting on an executor name fails the job whenever it is seen; the policy is
+        // checked before the job takes an executor (a running executor keeps its admission).
+        match &self.obs.refusal {
+            Some(refusal @ Refusal::ExecutorConflict(_)) => {
+                self.fail(refusal.reason(), refusal.message().to_string());
+                return;
+            }
+            Some(refusal) if self.status.executor.is_none() => {
+                self.fail(refusal.reason(), refusal.message().to_string());
+                return;
+            }
+            _ => {}
+        }
         // A job that holds no executor yet waits for its pool to exist and to have room.
         if self.status.executor.is_none() && self.waits_for_pool() {
             return;
