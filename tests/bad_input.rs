@@ -945,13 +945,7 @@ async fn run_time_faults_end_in_defined_reasons_and_the_operator_stays_up() {
         "allowed-by-pool",
         json!({ "computePool": open, "executor": { "image": "evil.example/miner:1", "env": secret } }),
     );
-    let allowed = jobs
-        .create(&PostParams::default(), &allowed)
-        .await
-        .expect("create");
-    let running = wait_pods_running(&pods, &allowed, 1).await;
-    exit_pod(&pods, &running[0].name_any(), 0, MATERIALIZE_RESULT).await;
-    wait_state(&jobs, "allowed-by-pool", JobState::Completed).await;
+    run_to_completion(&jobs, &pods, &allowed).await;
 
     for pool in [&closed, &open] {
         let _ = pools.delete(pool, &DeleteParams::default()).await;
@@ -970,16 +964,8 @@ async fn run_time_faults_end_in_defined_reasons_and_the_operator_stays_up() {
     );
 
     // After the whole catalogue, a normal job still completes.
-    let normal = jobs
-        .create(
-            &PostParams::default(),
-            &fixture::datajob("normal", json!({ "clusterType": "shared" })),
-        )
-        .await
-        .expect("create");
-    let running = wait_pods_running(&pods, &normal, 1).await;
-    exit_pod(&pods, &running[0].name_any(), 0, MATERIALIZE_RESULT).await;
-    let done = wait_state(&jobs, "normal", JobState::Completed).await;
+    let normal = fixture::datajob("normal", json!({ "clusterType": "shared" }));
+    let done = run_to_completion(&jobs, &pods, &normal).await;
     assert_eq!(
         done.status
             .and_then(|s| s.result)

@@ -14,13 +14,17 @@
 pub mod datajob;
 pub mod kube_util;
 pub mod pool;
+pub mod undecodable;
 
 use std::sync::Arc;
 
+use futures::channel::mpsc::UnboundedSender;
 use futures::{Stream, StreamExt, future};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use kube::api::ObjectMeta;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -54,9 +58,23 @@ pub async fn run(
         .then(|| (subscribe(&job_writer), subscribe(&pool_writer)));
     let (job_changes, pool_changes) = (subscribe(&job_writer), subscribe(&pool_writer));
     let pod_changes = pod_changes(&client, &config, pod_writer);
-    let watches = future::join(
-        feed(scoped_api(&client, &config), job_watch(&config), job_writer),
-        feed(Api::all(client.clone()), Default::default(), pool_writer),
+    let (report, reports) = futures::channel::mpsc::unbounded();
+    let watches = future::join3(
+        feed(
+            scoped_api(&client, &config),
+            job_watch(&config),
+            job_writer,
+            report.clone(),
+            undecodable::job_stand_in,
+        ),
+        feed(
+            Api::all(client.clone()),
+            Default::default(),
+            pool_writer,
+            report,
+            undecodable::pool_stand_in,
+        ),
+        undecodable::run(client.clone(), config.instance.clone(), reports),
     );
     let (context, wakeups) = datajob::Context::new(client.clone(), config, metrics, stores.clone());
     let triggers = datajob::Triggers {
@@ -137,9 +155,16 @@ fn pod_watch(config: &Config) -> watcher::Config {
     watcher::Config::default().labels(&selector).any_semantic()
 }
 
-/// Keeps a shared store up to date from a watch (retried with backoff); never ends.
-async fn feed<K>(api: Api<K>, watch: watcher::Config, writer: Writer<K>)
-where
+/// Keeps a shared store up to date from a watch (retried with backoff); never ends. The watch
+/// decodes through `DeserializeGuard`: an object that does not decode is reported to
+/// [`undecodable`] and left out of the store, and the others go on.
+async fn feed<K>(
+    api: Api<DeserializeGuard<K>>,
+    watch: watcher::Config,
+    writer: Writer<K>,
+    report: UnboundedSender<undecodable::Undecodable>,
+    stand_in: fn(ObjectMeta) -> Option<K>,
+) where
     K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
@@ -150,6 +175,12 @@ where
 {
     watcher(api, watch)
         .default_backoff()
+        .filter_map(move |event| {
+            future::ready(match event {
+                Ok(event) => undecodable::split(event, &report, stand_in).map(Ok),
+                Err(error) => Some(Err(error)),
+            })
+        })
         .reflect_shared(writer)
         .for_each(|event| async move {
             if let Err(error) = event {

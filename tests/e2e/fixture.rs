@@ -254,6 +254,20 @@ pub async fn exit_pod(pods: &Api<Pod>, name: &str, code: i32, message: &str) {
         .unwrap_or_else(|e| panic!("cannot annotate pod {name} to exit: {e}"));
 }
 
+/// Creates the DataJob `job`, makes its driver write `result` and exit 0, and waits until the
+/// job completed.
+#[allow(dead_code)] // used by tests/bad_input.rs and tests/undecodable.rs
+pub async fn run_to_completion(jobs: &Api<DataJob>, pods: &Api<Pod>, job: &DataJob) -> DataJob {
+    let name = job.name_any();
+    let created = jobs
+        .create(&kube::api::PostParams::default(), job)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create DataJob {name}: {e}"));
+    let running = wait_pods_running(pods, &created, 1).await;
+    exit_pod(pods, &running[0].name_any(), 0, MATERIALIZE_RESULT).await;
+    wait_state(jobs, &name, JobState::Completed).await
+}
+
 /// Requests cancellation the way a user does: a merge patch of spec.cancel.
 pub async fn cancel(jobs: &Api<DataJob>, name: &str, reason: &str) {
     let patch = json!({ "spec": { "cancel": true, "cancelReason": reason } });
