@@ -125,9 +125,11 @@ pub struct PoolExecutorDefaults {
 pub struct ComputePoolStatus {
     /// Jobs of the pool that hold executors (admitted and not finished).
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub active_jobs: i32,
     /// Jobs of the pool waiting for room.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub queued_jobs: i32,
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -336,8 +336,10 @@ pub struct DataJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancellation: Option<Cancellation>,
 
-    /// Number of the job's executor pods that still exist.
+    /// Number of the job's executor pods that still exist (0 to 65: a driver and at most 64
+    /// workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65))]
     pub active_executors: Option<i32>,
 
     /// The metadata.generation this status was computed from.
