@@ -50,7 +50,9 @@ async fn executor_pod_deleted_by_someone_else_fails_the_job_as_executor_lost() {
 #[tokio::test]
 async fn an_executor_pod_the_api_server_rejects_fails_the_job_with_its_reason() {
     let env = env("e2e-rejected").await;
-    let resources = json!({ "requests": { "cpu": "2" }, "limits": { "cpu": "1" } });
+    // Passes the CRD's bounds (requests <= limits are checked at the door) but not pod
+    // validation: an extended resource needs a limit.
+    let resources = json!({ "requests": { "example.com/gadget": "1" } });
     env.create(&datajob(
         "impossible",
         json!({ "executor": { "resources": resources } }),
@@ -60,7 +62,7 @@ async fn an_executor_pod_the_api_server_rejects_fails_the_job_with_its_reason() 
     assert_eq!(failure_reason(&failed).as_deref(), Some("ExecutorRejected"));
     let message = &failed.status.expect("status").failures[0].message;
     assert!(
-        message.contains("must be less than or equal to cpu limit"),
+        message.contains("Limit must be set for non overcommitable resources"),
         "{message}"
     );
     env.finish().await;
