@@ -21,7 +21,7 @@ use std::time::Duration;
 use datajob_operator::api::{ComputePool, DataJob, JobState};
 use datajob_operator::executor;
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -966,6 +966,27 @@ async fn run_time_faults_end_in_defined_reasons_and_the_operator_stays_up() {
     // After the whole catalogue, a normal job still completes.
     let normal = fixture::datajob("normal", json!({ "clusterType": "shared" }));
     let done = run_to_completion(&jobs, &pods, &normal).await;
+    // The query reaches the executor as read-only files of an immutable ConfigMap of the job.
+    let uid = done.uid().expect("uid");
+    let query = Api::<ConfigMap>::namespaced(client.clone(), ns.name())
+        .get(&executor::query_config_map_name(&uid))
+        .await
+        .expect("the query ConfigMap");
+    assert_eq!(query.immutable, Some(true));
+    assert_eq!(query.owner_references()[0].uid, uid);
+    assert_eq!(
+        query.data.as_ref().and_then(|d| d.get("nql")),
+        Some(&done.spec.input.nql)
+    );
+    let driver = &job_pods(&pods, &done).await[0];
+    let container = &driver.spec.as_ref().expect("spec").containers[0];
+    let env = container.env.as_ref().expect("env");
+    assert!(env.iter().any(|e| e.name == "DATAJOB_NQL_FILE"
+        && e.value.as_deref() == Some("/var/run/datajob/query/nql")));
+    assert!(
+        container.volume_mounts.as_ref().expect("mounts")[0].read_only == Some(true),
+        "the query is mounted read-only"
+    );
     assert_eq!(
         done.status
             .and_then(|s| s.result)

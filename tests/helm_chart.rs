@@ -252,6 +252,7 @@ fn namespaced_needs() -> Grants {
         ),
         ("datajob.dev", "datajobs/finalizers", &["update"]),
         ("", "pods", &["get", "list", "watch", "create", "delete"]),
+        ("", "configmaps", &["get", "create"]),
         ("events.k8s.io", "events", &["create", "patch"]),
     ])
 }
@@ -453,10 +454,16 @@ fn no_role_in_the_chart_uses_wildcards_or_touches_secrets() {
             }
             for resource in rule.resources.iter().flatten() {
                 assert!(
-                    !["secrets", "configmaps", "serviceaccounts", "nodes"]
-                        .contains(&resource.as_str()),
+                    !["secrets", "serviceaccounts", "nodes"].contains(&resource.as_str()),
                     "{role}: unexpected access to {resource}"
                 );
+                // Only the job's own query ConfigMap: create it, read one that exists.
+                if resource == "configmaps" {
+                    assert!(
+                        rule.verbs.iter().all(|v| v == "get" || v == "create"),
+                        "{role}: more than get/create on configmaps: {rule:?}"
+                    );
+                }
             }
             for verb in &rule.verbs {
                 assert!(
@@ -1038,6 +1045,7 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         &[
             ask("create", "", "pods", elsewhere),
             ask("delete", "", "pods", elsewhere),
+            ask("create", "", "configmaps", elsewhere),
             ask("watch", "", "pods", None),
             ask("list", "datajob.dev", "datajobs", None),
             ask("patch", "datajob.dev", "datajobs", elsewhere),
@@ -1054,7 +1062,9 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
             ask("get", "", "secrets", here),
             ask("get", "", "secrets", None),
             ask("list", "", "secrets", elsewhere),
-            ask("get", "", "configmaps", elsewhere),
+            ask("list", "", "configmaps", elsewhere),
+            ask("update", "", "configmaps", elsewhere),
+            ask("delete", "", "configmaps", elsewhere),
             ask("create", "datajob.dev", "datajobs", elsewhere),
             ask("patch", "datajob.dev", "computepools", None),
             ask("delete", "datajob.dev", "computepools", None),

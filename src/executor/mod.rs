@@ -11,7 +11,7 @@ use crate::OPERATOR_NAME;
 use crate::api::ClusterType;
 
 pub use result::{DriverOutcome, read_driver_outcome};
-pub use template::{BuildError, ExecutorDefaults, ExecutorTemplate, image};
+pub use template::{BuildError, ExecutorDefaults, ExecutorTemplate, image, query_config_map_name};
 
 /// Label on every executor pod: who manages it.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";

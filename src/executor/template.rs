@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EnvVar, Pod, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecurityContext, Toleration,
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EnvVar, Pod,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, ResourceRequirements,
+    SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, OwnerReference,
@@ -25,6 +26,32 @@ use crate::api::{ClusterType, ComputePool, DataJob, JobType};
 
 /// User id executor containers run as (non-root, as the restricted profile requires).
 const EXECUTOR_UID: i64 = 65532;
+
+/// Where the query files are mounted in executor containers.
+pub const QUERY_MOUNT: &str = "/var/run/datajob/query";
+/// File (ConfigMap key) holding the NQL.
+pub const QUERY_NQL_KEY: &str = "nql";
+/// File (ConfigMap key) holding the compiled SQL (empty when the spec has none).
+pub const QUERY_SQL_KEY: &str = "compiled.sql";
+/// Name of the query volume in executor pods.
+const QUERY_VOLUME: &str = "query";
+/// Longest query text also passed inline in `DATAJOB_NQL` / `DATAJOB_COMPILED_SQL`, in bytes;
+/// a longer one is passed only as a file (Linux refuses one environment string over 128 KiB).
+pub const MAX_INLINE_QUERY_BYTES: usize = 64 * 1024;
+
+/// Name of the job's query ConfigMap (one per job incarnation: it carries the job's uid).
+pub fn query_config_map_name(job_uid: &str) -> String {
+    format!("datajob-query-{job_uid}")
+}
+
+/// The query text for the environment: itself when short enough, else empty (read the file).
+fn inline(text: &str) -> String {
+    if text.len() <= MAX_INLINE_QUERY_BYTES {
+        text.to_string()
+    } else {
+        String::new()
+    }
+}
 
 /// What the operator gives executor pods when neither the job nor its pool says.
 #[derive(Clone, Debug, PartialEq)]
@@ -164,10 +191,15 @@ impl ExecutorTemplate {
         let contract = [
             ("DATAJOB_ID", self.job_uid.clone()),
             ("DATAJOB_TYPE", self.job_type.as_str().to_string()),
-            ("DATAJOB_NQL", self.nql.clone()),
+            ("DATAJOB_NQL", inline(&self.nql)),
             (
                 "DATAJOB_COMPILED_SQL",
-                self.compiled_sql.clone().unwrap_or_default(),
+                inline(self.compiled_sql.as_deref().unwrap_or_default()),
+            ),
+            ("DATAJOB_NQL_FILE", format!("{QUERY_MOUNT}/{QUERY_NQL_KEY}")),
+            (
+                "DATAJOB_COMPILED_SQL_FILE",
+                format!("{QUERY_MOUNT}/{QUERY_SQL_KEY}"),
             ),
             (
                 "DATAJOB_DATASET_ID",
@@ -235,6 +267,12 @@ impl ExecutorTemplate {
                     name: CONTAINER_NAME.to_string(),
                     image: Some(self.image.clone()),
                     env: Some(self.env(slot.role)),
+                    volume_mounts: Some(vec![VolumeMount {
+                        name: QUERY_VOLUME.to_string(),
+                        mount_path: QUERY_MOUNT.to_string(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    }]),
                     resources: self.resources.clone(),
                     termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_string()),
                     termination_message_policy: Some("File".to_string()),
@@ -250,9 +288,43 @@ impl ExecutorTemplate {
                     }),
                     ..Container::default()
                 }],
+                volumes: Some(vec![Volume {
+                    name: QUERY_VOLUME.to_string(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: query_config_map_name(&self.job_uid),
+                        default_mode: Some(0o444),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                }]),
                 ..PodSpec::default()
             }),
             status: None,
+        }
+    }
+
+    /// The job's query as an immutable ConfigMap owned by the job: `nql` and `compiled.sql`,
+    /// mounted read-only into every executor pod at [`QUERY_MOUNT`].
+    pub fn query_config_map(&self, owner: OwnerReference) -> ConfigMap {
+        let mut labels = self.labels(Role::Driver);
+        labels.remove(LABEL_ROLE);
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(query_config_map_name(&self.job_uid)),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(labels),
+                owner_references: Some(vec![owner]),
+                ..ObjectMeta::default()
+            },
+            immutable: Some(true),
+            data: Some(BTreeMap::from([
+                (QUERY_NQL_KEY.to_string(), self.nql.clone()),
+                (
+                    QUERY_SQL_KEY.to_string(),
+                    self.compiled_sql.clone().unwrap_or_default(),
+                ),
+            ])),
+            ..ConfigMap::default()
         }
     }
 

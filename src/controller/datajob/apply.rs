@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -99,7 +99,10 @@ async fn create_executor(
         return Ok(Creation::Done);
     }
     let template = ExecutorTemplate::resolve(job, plan.cluster_type(), pool, &ctx.defaults)?;
-    let created = create_pods(pods, job, &template, plan).await;
+    let created = match create_query(ctx, job, &template).await {
+        Ok(Creation::Done) => create_pods(pods, job, &template, plan).await,
+        other => other,
+    };
     if let Err(error @ Error::CreatePod { .. }) = &created {
         let event = domain::executor_create_failed(error.to_string());
         publish_events(&ctx.recorder, job, &[event]).await;
@@ -166,6 +169,48 @@ async fn create_pods(
         }
     }
     Ok(Creation::Done)
+}
+
+/// Creates the job's query ConfigMap (idempotent); one that exists but is not the job's is a
+/// conflict, never used.
+async fn create_query(
+    ctx: &Context,
+    job: &DataJob,
+    template: &ExecutorTemplate,
+) -> Result<Creation, Error> {
+    let Some(owner) = job.controller_owner_ref(&()) else {
+        return Err(Error::MalformedObject {
+            job: object_key(job),
+            field: "uid",
+        });
+    };
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &template.namespace);
+    let config_map = template.query_config_map(owner);
+    let name = config_map.name_any();
+    let failed = |source| Error::CreateQuery {
+        config_map: format!("{}/{name}", template.namespace),
+        source,
+    };
+    let params = PostParams {
+        field_manager: Some(OPERATOR_NAME.to_string()),
+        ..PostParams::default()
+    };
+    match config_maps.create(&params, &config_map).await {
+        Ok(_) => Ok(Creation::Done),
+        Err(source) if kube_util::is_conflict(&source) => {
+            let existing = config_maps.get(&name).await.map_err(failed)?;
+            let uid = job.uid().unwrap_or_default();
+            if existing.owner_references().iter().any(|o| o.uid == uid) {
+                Ok(Creation::Done)
+            } else {
+                Ok(Creation::Conflict(format!(
+                    "ConfigMap {}/{name} already exists but does not belong to this DataJob; it is left alone: delete it or recreate the DataJob",
+                    template.namespace
+                )))
+            }
+        }
+        Err(source) => Err(failed(source)),
+    }
 }
 
 /// When the existing pod `name` is not the job's (no owner reference to the job, or not

@@ -36,6 +36,15 @@ pub enum Error {
         /// The panic's message.
         message: String,
     },
+    /// Creating the job's query ConfigMap failed.
+    #[error("failed to create query ConfigMap {config_map}: {source}")]
+    CreateQuery {
+        /// namespace/name of the ConfigMap.
+        config_map: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// Creating an executor pod failed.
     #[error("failed to create executor pod {pod}: {source}")]
     CreatePod {
@@ -104,6 +113,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::ListPods { .. } => "list_pods",
+            Error::CreateQuery { .. } => "create_query",
             Error::ReadNamespace { .. } => "read_namespace",
             Error::Panicked { .. } => "panic",
             Error::CreatePod { .. } => "create_pod",
