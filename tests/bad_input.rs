@@ -10,11 +10,7 @@
 //!   name. One operator process serves them all; it must still be running afterwards, and a
 //!   normal job started then completes.
 
-#[path = "common/mod.rs"]
-mod common;
-#[path = "e2e/fixture.rs"]
-#[allow(dead_code)] // the e2e tests use the rest
-mod fixture;
+mod support;
 
 use std::time::Duration;
 
@@ -26,8 +22,7 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParam
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use common::{TestNamespace, admin_client, wait_for};
-use fixture::*;
+use support::*;
 
 /// One manifest the API server must refuse, and what its message must contain.
 struct Refused {
@@ -137,12 +132,17 @@ async fn expect_refusals(
     );
 }
 
-fn datajob(case: &'static str, spec_patch: Value, field: &'static str) -> Refused {
+fn job_case(case: &'static str, spec_patch: Value, field: &'static str) -> Refused {
     refused(
         case,
         json!({ "metadata": {}, "spec": job_spec(spec_patch) }),
         field,
     )
+}
+
+/// A job from the shared builder with `extra` merged into its spec.
+fn job(name: &str, extra: Value) -> DataJob {
+    datajob(name).merged(extra).build()
 }
 
 #[tokio::test]
@@ -153,313 +153,313 @@ async fn api_server_refuses_bad_datajobs_naming_the_field() {
     let long = |n: usize| "a".repeat(n);
     let cases = vec![
         refused("no spec", json!({ "metadata": {} }), "spec"),
-        datajob("no type", json!({ "type": null }), "spec.type"),
-        datajob(
+        job_case("no type", json!({ "type": null }), "spec.type"),
+        job_case(
             "unknown type",
             json!({ "type": "drop-tables" }),
             "spec.type",
         ),
-        datajob(
+        job_case(
             "empty nql",
             json!({ "input": { "nql": "" } }),
             "spec.input.nql",
         ),
-        datajob(
+        job_case(
             "no nql",
             json!({ "input": { "nql": null } }),
             "spec.input.nql",
         ),
-        datajob(
+        job_case(
             "nql over 256 Ki characters",
             json!({ "input": { "nql": long(262_145) } }),
             "spec.input.nql",
         ),
-        datajob(
+        job_case(
             "nql over 256 KiB of UTF-8",
             json!({ "input": { "nql": "é".repeat(140_000) } }),
             "spec.input.nql",
         ),
-        datajob(
+        job_case(
             "compiledSql over 256 Ki characters",
             json!({ "input": { "compiledSql": long(262_145) } }),
             "spec.input.compiledSql",
         ),
-        datajob(
+        job_case(
             "compiledSql over 256 KiB of UTF-8",
             json!({ "input": { "compiledSql": "€".repeat(100_000) } }),
             "spec.input.compiledSql",
         ),
-        datajob(
+        job_case(
             "datasetId 0",
             json!({ "input": { "datasetId": 0 } }),
             "spec.input.datasetId",
         ),
-        datajob(
+        job_case(
             "negative datasetId",
             json!({ "input": { "datasetId": -1 } }),
             "spec.input.datasetId",
         ),
-        datajob(
+        job_case(
             "datasetId above 10^18",
             json!({ "input": { "datasetId": 1_000_000_000_000_000_001i64 } }),
             "spec.input.datasetId",
         ),
-        datajob(
+        job_case(
             "datasetId i64::MAX",
             json!({ "input": { "datasetId": i64::MAX } }),
             "spec.input.datasetId",
         ),
-        datajob(
+        job_case(
             "datasetId as a string",
             json!({ "input": { "datasetId": "6404" } }),
             "spec.input.datasetId",
         ),
-        datajob(
+        job_case(
             "fractional datasetId",
             json!({ "input": { "datasetId": 1.5 } }),
             "spec.input.datasetId",
         ),
-        datajob(
+        job_case(
             "materialize-view without datasetId",
             json!({ "input": { "datasetId": null } }),
             "spec.input.datasetId",
         ),
-        datajob(
+        job_case(
             "statsEnabled as a string",
             json!({ "input": { "statsEnabled": "yes" } }),
             "spec.input.statsEnabled",
         ),
-        datajob(
+        job_case(
             "empty dataPlane",
             json!({ "dataPlane": "" }),
             "spec.dataPlane",
         ),
-        datajob(
+        job_case(
             "no dataPlane",
             json!({ "dataPlane": null }),
             "spec.dataPlane",
         ),
-        datajob(
+        job_case(
             "dataPlane not a DNS label",
             json!({ "dataPlane": "Data_Plane" }),
             "spec.dataPlane",
         ),
-        datajob(
+        job_case(
             "dataPlane of 64 characters",
             json!({ "dataPlane": long(64) }),
             "spec.dataPlane",
         ),
-        datajob(
+        job_case(
             "computePool not a DNS label",
             json!({ "computePool": "pool.one" }),
             "spec.computePool",
         ),
-        datajob(
+        job_case(
             "computePool of 64 characters",
             json!({ "computePool": long(64) }),
             "spec.computePool",
         ),
-        datajob(
+        job_case(
             "unknown clusterType",
             json!({ "clusterType": "huge" }),
             "spec.clusterType",
         ),
-        datajob(
+        job_case(
             "65 workers",
             json!({ "clusterType": "dedicated", "executor": { "workers": 65 } }),
             "spec.executor.workers",
         ),
-        datajob(
+        job_case(
             "negative workers",
             json!({ "clusterType": "dedicated", "executor": { "workers": -1 } }),
             "spec.executor.workers",
         ),
-        datajob(
+        job_case(
             "workers on a shared job",
             json!({ "clusterType": "shared", "executor": { "workers": 2 } }),
             "spec.executor.workers",
         ),
-        datajob(
+        job_case(
             "grace period over an hour",
             json!({ "executor": { "terminationGracePeriodSeconds": 3601 } }),
             "spec.executor.terminationGracePeriodSeconds",
         ),
-        datajob(
+        job_case(
             "negative grace period",
             json!({ "executor": { "terminationGracePeriodSeconds": -1 } }),
             "spec.executor.terminationGracePeriodSeconds",
         ),
-        datajob(
+        job_case(
             "grace period i64::MAX",
             json!({ "executor": { "terminationGracePeriodSeconds": i64::MAX } }),
             "spec.executor.terminationGracePeriodSeconds",
         ),
-        datajob(
+        job_case(
             "empty image",
             json!({ "executor": { "image": "" } }),
             "spec.executor.image",
         ),
-        datajob(
+        job_case(
             "image with a space",
             json!({ "executor": { "image": "registry.example/a b" } }),
             "spec.executor.image",
         ),
-        datajob(
+        job_case(
             "image with a shell command",
             json!({ "executor": { "image": "x;rm -rf /" } }),
             "spec.executor.image",
         ),
-        datajob(
+        job_case(
             "image of 513 characters",
             json!({ "executor": { "image": format!("registry.example/{}", long(496)) } }),
             "spec.executor.image",
         ),
-        datajob(
+        job_case(
             "image with a short digest",
             json!({ "executor": { "image": "x@sha256:abc" } }),
             "spec.executor.image",
         ),
-        datajob(
+        job_case(
             "65 env variables",
             json!({ "executor": { "env": env(65) } }),
             "spec.executor.env",
         ),
-        datajob(
+        job_case(
             "env name starting with a digit",
             json!({ "executor": { "env": [{ "name": "1X", "value": "a" }] } }),
             "spec.executor.env[0].name",
         ),
-        datajob(
+        job_case(
             "env name with a dash",
             json!({ "executor": { "env": [{ "name": "A-B", "value": "a" }] } }),
             "spec.executor.env[0].name",
         ),
-        datajob(
+        job_case(
             "env name with '='",
             json!({ "executor": { "env": [{ "name": "A=B", "value": "a" }] } }),
             "spec.executor.env[0].name",
         ),
-        datajob(
+        job_case(
             "env name of 129 characters",
             json!({ "executor": { "env": [{ "name": long(129), "value": "a" }] } }),
             "spec.executor.env[0].name",
         ),
-        datajob(
+        job_case(
             "duplicate env names",
             json!({ "executor": { "env": [{ "name": "A", "value": "1" }, { "name": "A", "value": "2" }] } }),
             "spec.executor.env[1]",
         ),
-        datajob(
+        job_case(
             "env setting a contract variable",
             json!({ "executor": { "env": [{ "name": "DATAJOB_NQL", "value": "DROP" }] } }),
             "spec.executor.env",
         ),
-        datajob(
+        job_case(
             "env value of 4097 characters",
             json!({ "executor": { "env": [{ "name": "A", "value": long(4097) }] } }),
             "spec.executor.env[0].value",
         ),
-        datajob(
+        job_case(
             "env with value and valueFrom",
             json!({ "executor": { "env": [{ "name": "A", "value": "1", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } }] } }),
             "spec.executor.env[0]",
         ),
-        datajob(
+        job_case(
             "env valueFrom with no source",
             json!({ "executor": { "env": [{ "name": "A", "valueFrom": {} }] } }),
             "spec.executor.env[0].valueFrom",
         ),
-        datajob(
+        job_case(
             "env valueFrom with two sources",
             json!({ "executor": { "env": [{ "name": "A", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" }, "configMapKeyRef": { "name": "c", "key": "k" } } }] } }),
             "spec.executor.env[0].valueFrom",
         ),
-        datajob(
+        job_case(
             "env valueFrom of a pod field",
             json!({ "executor": { "env": [{ "name": "A", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }] } }),
             "spec.executor.env[0].valueFrom",
         ),
-        datajob(
+        job_case(
             "secret name not a DNS subdomain",
             secret_env(json!({ "name": "Bad_Secret", "key": "k" })),
             "spec.executor.env[0].valueFrom.secretKeyRef.name",
         ),
-        datajob(
+        job_case(
             "secret reference without key",
             secret_env(json!({ "name": "s" })),
             "spec.executor.env[0].valueFrom.secretKeyRef.key",
         ),
-        datajob(
+        job_case(
             "secret key with a slash",
             secret_env(json!({ "name": "s", "key": "../k" })),
             "spec.executor.env[0].valueFrom.secretKeyRef.key",
         ),
-        datajob(
+        job_case(
             "request above the limit",
             json!({ "executor": { "resources": { "requests": { "cpu": "2" }, "limits": { "cpu": 1 } } } }),
             "spec.executor.resources",
         ),
-        datajob(
+        job_case(
             "memory request above the limit",
             json!({ "executor": { "resources": { "requests": { "memory": "2Gi" }, "limits": { "memory": "1000Mi" } } } }),
             "spec.executor.resources",
         ),
-        datajob(
+        job_case(
             "quantity that is not one",
             json!({ "executor": { "resources": { "requests": { "memory": "lots" } } } }),
             "spec.executor.resources.requests",
         ),
-        datajob(
+        job_case(
             "negative limit",
             json!({ "executor": { "resources": { "limits": { "cpu": "-1" } } } }),
             "spec.executor.resources.limits",
         ),
-        datajob(
+        job_case(
             "nine requests",
             json!({ "executor": { "resources": { "requests": quantities(9) } } }),
             "spec.executor.resources.requests",
         ),
-        datajob(
+        job_case(
             "quantity of 65 characters",
             json!({ "executor": { "resources": { "requests": { "cpu": format!("{}m", "1".repeat(64)) } } } }),
             "spec.executor.resources.requests",
         ),
-        datajob(
+        job_case(
             "cancelReason of 1025 characters",
             json!({ "cancelReason": long(1025) }),
             "spec.cancelReason",
         ),
-        datajob(
+        job_case(
             "cancel as a string",
             json!({ "cancel": "true" }),
             "spec.cancel",
         ),
-        datajob(
+        job_case(
             "deadline of 300000000000 s (the crash of issue 7)",
             json!({ "activeDeadlineSeconds": 300_000_000_000i64 }),
             "spec.activeDeadlineSeconds",
         ),
-        datajob(
+        job_case(
             "deadline 0",
             json!({ "activeDeadlineSeconds": 0 }),
             "spec.activeDeadlineSeconds",
         ),
-        datajob(
+        job_case(
             "deadline i64::MAX",
             json!({ "activeDeadlineSeconds": i64::MAX }),
             "spec.activeDeadlineSeconds",
         ),
-        datajob(
+        job_case(
             "negative TTL",
             json!({ "ttlSecondsAfterFinished": -1 }),
             "spec.ttlSecondsAfterFinished",
         ),
-        datajob(
+        job_case(
             "TTL over a year",
             json!({ "ttlSecondsAfterFinished": 31_536_001 }),
             "spec.ttlSecondsAfterFinished",
         ),
-        datajob(
+        job_case(
             "TTL beyond int32",
             json!({ "ttlSecondsAfterFinished": 1i64 << 40 }),
             "spec.ttlSecondsAfterFinished",
@@ -775,7 +775,7 @@ fn driver_writes(
 
 /// Runs one fault to its end and returns a description of what went wrong, if anything.
 async fn run_fault(jobs: &Api<DataJob>, pods: &Api<Pod>, fault: &Fault) -> Option<String> {
-    let job = fixture::datajob(fault.name, fault.spec.clone());
+    let job = job(fault.name, fault.spec.clone());
     let job = match jobs.create(&PostParams::default(), &job).await {
         Ok(job) => job,
         Err(e) => return Some(format!("{}: cannot create: {e}", fault.name)),
@@ -941,7 +941,7 @@ async fn run_time_faults_end_in_defined_reasons_and_the_operator_stays_up() {
     let wrong: Vec<String> = results.into_iter().flatten().collect();
 
     // A pool that allows them: the same image and Secret reference run to completion.
-    let allowed = fixture::datajob(
+    let allowed = job(
         "allowed-by-pool",
         json!({ "computePool": open, "executor": { "image": "evil.example/miner:1", "env": secret } }),
     );
@@ -964,7 +964,7 @@ async fn run_time_faults_end_in_defined_reasons_and_the_operator_stays_up() {
     );
 
     // After the whole catalogue, a normal job still completes.
-    let normal = fixture::datajob("normal", json!({ "clusterType": "shared" }));
+    let normal = job("normal", json!({ "clusterType": "shared" }));
     let done = run_to_completion(&jobs, &pods, &normal).await;
     // The query reaches the executor as read-only files of an immutable ConfigMap of the job.
     let uid = done.uid().expect("uid");
@@ -1016,7 +1016,7 @@ async fn a_pod_squatting_on_the_executor_name_is_never_adopted() {
     let job = jobs
         .create(
             &PostParams::default(),
-            &fixture::datajob("squatted", json!({ "computePool": late })),
+            &job("squatted", json!({ "computePool": late })),
         )
         .await
         .expect("create");
@@ -1078,7 +1078,7 @@ async fn requests_above_every_nodes_capacity_fail_the_job() {
     let ns = TestNamespace::new(&client, "too-big").await;
     let operator = Operator::start(ns.name());
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
-    let job = fixture::datajob(
+    let job = job(
         "too-big",
         json!({ "executor": { "resources": { "requests": { "cpu": "100000" } } } }),
     );

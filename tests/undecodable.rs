@@ -10,11 +10,7 @@
 //!
 //! A test binary of its own: loosening the CRD would break tests running beside it.
 
-#[path = "common/mod.rs"]
-mod common;
-#[path = "e2e/fixture.rs"]
-#[allow(dead_code)] // the e2e tests use the rest
-mod fixture;
+mod support;
 
 use std::time::Duration;
 
@@ -26,10 +22,9 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::{Client, CustomResourceExt, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use common::{TestNamespace, admin_client};
-use fixture::*;
+use support::*;
 
 /// Serves the DataJob CRD with a spec schema that keeps anything (only the selectable fields
 /// stay typed), so objects the strict schema refuses can be stored.
@@ -78,6 +73,11 @@ fn stalled_reason(object: &DynamicObject) -> Option<String> {
         .and_then(|c| c["reason"].as_str().map(str::to_string))
 }
 
+/// A job from the shared builder with `extra` merged into its spec.
+fn job(name: &str, extra: Value) -> DataJob {
+    datajob(name).merged(extra).build()
+}
+
 #[tokio::test]
 async fn an_undecodable_job_is_reported_and_does_not_stall_the_others() {
     let client = admin_client().await;
@@ -96,7 +96,7 @@ async fn an_undecodable_job_is_reported_and_does_not_stall_the_others() {
     let victim = jobs
         .create(
             &PostParams::default(),
-            &fixture::datajob("victim", json!({ "clusterType": "shared" })),
+            &job("victim", json!({ "clusterType": "shared" })),
         )
         .await
         .expect("create");
@@ -114,7 +114,7 @@ async fn an_undecodable_job_is_reported_and_does_not_stall_the_others() {
     })
     .await;
     eventually("store the crash deadline", || async {
-        let job = fixture::datajob(
+        let job = job(
             "deadline",
             json!({ "clusterType": "shared", "activeDeadlineSeconds": 300_000_000_000i64 }),
         );
@@ -158,7 +158,7 @@ async fn an_undecodable_job_is_reported_and_does_not_stall_the_others() {
 
     // The others go on: the deadline job runs (no panic), a new job completes.
     wait_state(&jobs, "deadline", JobState::Running).await;
-    let normal = fixture::datajob("normal", json!({ "clusterType": "shared" }));
+    let normal = job("normal", json!({ "clusterType": "shared" }));
     run_to_completion(&jobs, &pods, &normal).await;
     assert_eq!(
         operator.exited(),
