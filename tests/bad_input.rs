@@ -46,21 +46,6 @@ fn job_spec(patch: Value) -> Value {
     spec
 }
 
-fn merge(base: &mut Value, patch: Value) {
-    match (base, patch) {
-        (Value::Object(base), Value::Object(patch)) => {
-            for (key, value) in patch {
-                if value.is_null() {
-                    base.remove(&key);
-                } else {
-                    merge(base.entry(key).or_insert(Value::Null), value);
-                }
-            }
-        }
-        (base, patch) => *base = patch,
-    }
-}
-
 fn env(n: usize) -> Value {
     Value::Array(
         (0..n)

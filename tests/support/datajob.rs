@@ -177,7 +177,8 @@ impl From<DataJobBuilder> for DataJob {
     }
 }
 
-fn merge(base: &mut Value, patch: Value) {
+/// JSON merge of `patch` into `base` (objects key by key, `null` removes, the rest replaces).
+pub fn merge(base: &mut Value, patch: Value) {
     match (base, patch) {
         (Value::Object(base), Value::Object(patch)) => {
             for (key, value) in patch {
