@@ -10,6 +10,8 @@
 //! The cluster client, CRDs, namespace, operator process and DataJob fixture are the tests'
 //! (tests/support).
 
+#[path = "scale/audit.rs"]
+mod audit;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -23,6 +25,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
+use audit::{AuditLog, OPERATOR, Writes};
 use support::operator::Launch;
 use support::{Operator, TestNamespace, admin_client, cancel, datajob, install_crds};
 
@@ -39,6 +42,10 @@ struct Run {
     to_cancelled: Vec<Duration>,
     cancel_wall: Duration,
     peak_rss_kib: u64,
+    /// The operator's writes from the first create until every job runs.
+    writes_running: Writes,
+    /// The operator's writes from the first cancel until every job is cancelled.
+    writes_cancel: Writes,
 }
 
 fn arg(name: &str) -> Option<String> {
@@ -106,6 +113,8 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
         }
     });
     let names: Vec<String> = (0..size).map(|i| format!("job-{i:05}")).collect();
+    let audit = AuditLog::from_env();
+    let mark = audit.mark();
     let mut created: HashMap<String, Instant> = HashMap::new();
     let start = Instant::now();
     let creations = futures::stream::iter(names.iter().cloned().map(|name| {
@@ -135,6 +144,8 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
     let mut cancelled: HashMap<String, Instant> = HashMap::new();
     collect(&mut rx, &mut running, "running", size).await;
     let running_wall = start.elapsed();
+    let writes_running = audit.writes_since(mark, ns).await;
+    let mark = audit.mark();
 
     let cancel_start = Instant::now();
     let cancels = futures::stream::iter(names.iter().cloned().map(|name| {
@@ -151,6 +162,7 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
     let cancel_requested: HashMap<String, Instant> = cancels.into_iter().collect();
     collect(&mut rx, &mut cancelled, "cancelled", size).await;
     let cancel_wall = cancel_start.elapsed();
+    let writes_cancel = audit.writes_since(mark, ns).await;
     let peak_rss_kib = process.peak_rss_kib();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let left = pods
@@ -181,6 +193,8 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
         to_cancelled,
         cancel_wall,
         peak_rss_kib,
+        writes_running,
+        writes_cancel,
     }
 }
 
@@ -244,5 +258,31 @@ fn print_table(runs: &[Run]) {
             r.peak_rss_kib as f64 / 1024.0,
             per_job(r) / per_job(reference),
         );
+    }
+    for r in runs {
+        if r.writes_running.counts.is_empty() {
+            continue;
+        }
+        let n = r.jobs as f64;
+        let mut all = r.writes_running.clone();
+        all.add(&r.writes_cancel);
+        println!();
+        println!(
+            "N={}: operator writes per job: {:.2} to running ({:.2} conflicts), {:.2} to cancelled ({:.2} conflicts), {:.2} per lifecycle",
+            r.jobs,
+            r.writes_running.total(OPERATOR) as f64 / n,
+            r.writes_running.conflicts(OPERATOR) as f64 / n,
+            r.writes_cancel.total(OPERATOR) as f64 / n,
+            r.writes_cancel.conflicts(OPERATOR) as f64 / n,
+            all.total(OPERATOR) as f64 / n,
+        );
+        for (phase, writes) in [
+            ("to running", &r.writes_running),
+            ("to cancelled", &r.writes_cancel),
+        ] {
+            for line in writes.breakdown(&[OPERATOR], r.jobs) {
+                println!("  {phase}: {line}");
+            }
+        }
     }
 }

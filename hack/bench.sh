@@ -24,7 +24,7 @@ bench_option() {
 }
 parse_options bench_option "$@"
 # Each fake node takes 110 pods: enough nodes for the largest size's executor pods.
-cluster_command --nodes "${DATAJOB_BENCH_NODES:-30}"
+cluster_command --nodes "${DATAJOB_BENCH_NODES:-30}" --audit
 trap '"${CLUSTER[@]}" down >/dev/null' EXIT
 log "building the operator (release) and the benchmark"
 cargo build --release --bin datajob-operator

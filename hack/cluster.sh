@@ -3,7 +3,7 @@
 # kube-controller-manager, kube-scheduler and kwok (fake nodes and the kubelet's pod lifecycle).
 # Binaries are built from their Go modules into a cache folder on first use.
 #
-#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] up|down|env|status
+#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] [--audit] up|down|env|status
 #
 #   up      build what is missing, start the cluster (a running one is left as it is), wait
 #           until it is ready and print how to use it
@@ -16,6 +16,8 @@
 # $DATAJOB_PORT_BASE is given, the ports: dev 16400, ci 16500, any other name 17000 + 10 * (cksum
 # of the name mod 300). Ports: base+0 kube-apiserver, +1 etcd client, +2 etcd peer,
 # +3 kube-controller-manager, +4 kube-scheduler, +5 kwok. See docs/control-plane.md.
+# --audit (or DATAJOB_AUDIT=1): the API server writes every write request (not get/list/watch,
+# not leases) as a JSON line to STATE/audit.log; `env` exports its path as DATAJOB_AUDIT_LOG.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 
@@ -31,9 +33,10 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 NAME=${DATAJOB_CLUSTER:-dev}
 NODES=${DATAJOB_NODES:-6}
+AUDIT=${DATAJOB_AUDIT:-0}
 CMD=""
 bad_usage() {
-  usage 20 >&2
+  usage 21 >&2
   exit 2
 }
 cluster_sh_option() {
@@ -41,6 +44,7 @@ cluster_sh_option() {
   case $1 in
     --nodes) NODES=${2:?--nodes needs a value}; OPTION_ARGS=2 ;;
     --nodes=*) NODES=${1#*=} ;;
+    --audit) AUDIT=1 ;;
     -h | --help) bad_usage ;;
     up | down | env | status)
       [[ -z $CMD ]] || bad_usage
@@ -231,6 +235,22 @@ status:
 EOF
 }
 
+# Write requests only (reads and leases would drown them), at the Metadata level: who did
+# what to which object, and the response code.
+write_audit_policy() {
+  cat >"$STATE/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  verbs: [get, list, watch]
+- level: None
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+- level: Metadata
+EOF
+}
+
 cmd_up() {
   local t0=$SECONDS c
   trap '(($? == 0)) || log "up failed; logs are in $LOGS; clean up with: hack/cluster.sh --name $NAME down"' EXIT
@@ -273,7 +293,14 @@ cmd_up() {
     --log-level=warn
   wait_until "etcd to accept connections" 30 etcd port_in_use "$ETCD_PORT"
 
+  local audit_flags=()
+  if ((AUDIT)); then
+    write_audit_policy
+    audit_flags=(--audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$STATE/audit.log"
+      --audit-log-format=json --audit-log-maxbackup=0 --audit-log-maxsize=0)
+  fi
   start kube-apiserver "$BIN_KUBE_APISERVER" \
+    "${audit_flags[@]}" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
@@ -380,6 +407,7 @@ cmd_env() {
   printf 'export DATAJOB_KUBECONFIG_BOB=%q\n' "$STATE/kubeconfig-bob"
   printf 'export DATAJOB_KUBECTL=%q\n' "$BIN_KUBECTL"
   printf 'export DATAJOB_CLUSTER=%q\n' "$NAME"
+  [[ ! -f $STATE/audit-policy.yaml ]] || printf 'export DATAJOB_AUDIT_LOG=%q\n' "$STATE/audit.log"
   # shellcheck disable=SC2016 # $PATH is expanded by the shell that evaluates this line
   printf 'export PATH=%q:"$PATH"\n' "$dirs"
 }

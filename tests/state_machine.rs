@@ -137,9 +137,7 @@ impl Job {
     /// Runs to `running`: pending, executor recorded, pods created and running.
     fn running(cluster_type: ClusterType) -> Self {
         let mut job = Job::new(cluster_type);
-        job.step_and_apply(); // -> pending
-        job.step_and_apply(); // executor recorded
-        job.step_and_apply(); // pods created
+        job.step_and_apply(); // -> pending, executor recorded, pods created
         job.set_phase(PodPhase::Running);
         job.step_and_apply(); // -> running
         assert_eq!(job.state(), Some(JobState::Running));
@@ -183,42 +181,77 @@ fn reasons(plan: &Plan) -> Vec<Reason> {
 }
 
 #[test]
-fn first_reconcile_records_pending_with_job_id() {
+fn first_reconcile_records_pending_with_job_id_and_executor_and_plans_its_pods() {
     let mut job = Job::new(ClusterType::Shared);
     let plan = job.step();
     assert_eq!(job.state(), Some(JobState::Pending));
     assert_eq!(job.obs.status.job_id.as_deref(), Some(UID));
     assert!(job.obs.status.created_at.is_some());
-    assert!(
-        plan.create.is_empty(),
-        "no pod before the executor is recorded"
-    );
-    assert_eq!(reasons(&plan), ["Pending"]);
+    assert_eq!(job.obs.status.executor, Some(job.executor()));
+    assert_eq!(plan.create.len(), 1, "pods follow the one status write");
+    assert!(plan.guarded(None), "the write before pods is guarded");
+    assert_eq!(job.obs.status.active_executors, Some(1));
+    assert_eq!(reasons(&plan), ["Pending"], "one event: the state change");
     assert_eq!(condition(&job, "Reconciling"), "True");
 }
 
 #[test]
 fn executor_is_recorded_before_any_pod_is_created() {
     let mut job = Job::new(ClusterType::Shared);
-    job.step();
+    // The operator crashes after the status write, before it creates the pods.
     let plan = job.step();
-    assert_eq!(job.obs.status.executor, Some(job.executor()));
-    assert!(plan.create.is_empty());
+    assert!(
+        plan.create
+            .iter()
+            .all(|slot| slot.name.starts_with(&job.executor()))
+    );
+    assert_eq!(plan.status.executor, Some(job.executor()));
+    // The next pass creates them under the recorded name, behind a guarded write.
     let plan = job.step();
     assert_eq!(plan.create.len(), 1);
     assert!(plan.create[0].name.starts_with(&job.executor()));
+    assert!(plan.writes_status(Some(&job.obs.status)));
+    assert!(plan.guarded(job.state()));
+}
+
+#[test]
+fn a_job_that_cannot_start_at_once_records_only_pending_first() {
+    let mut job = Job::new(ClusterType::Shared);
+    job.obs.spec.compute_pool = Some("p".to_string());
+    job.obs.pool = PoolView::Present {
+        name: "p".to_string(),
+        cluster_type: ClusterType::Shared,
+        admitted: false,
+        max_concurrent_jobs: 1,
+    };
+    let plan = job.step();
+    assert_eq!(job.state(), Some(JobState::Pending));
+    assert!(job.obs.status.executor.is_none());
+    assert!(plan.create.is_empty());
+    assert_eq!(
+        reasons(&plan),
+        ["Pending", "Queued"],
+        "one write: pending, and why"
+    );
+    let mut job = Job::new(ClusterType::Shared);
+    job.obs.spec.cancel = true;
+    let plan = job.step();
+    assert!(
+        job.obs.status.executor.is_none(),
+        "a cancelled job takes no executor"
+    );
+    assert!(plan.create.is_empty());
 }
 
 #[test]
 fn pending_with_room_creates_pods_and_stays_pending_until_the_driver_runs() {
     let mut job = Job::new(ClusterType::Dedicated);
-    job.step_and_apply();
-    job.step_and_apply();
     let plan = job.step_and_apply();
     assert_eq!(plan.create.len(), 3, "driver plus two workers");
     assert_eq!(job.state(), Some(JobState::Pending));
     let plan = job.step_and_apply();
     assert!(plan.create.is_empty(), "pods are not created twice");
+    assert!(plan.events.is_empty(), "waiting for the driver is no news");
     assert_eq!(job.state(), Some(JobState::Pending));
     job.set_phase(PodPhase::Running);
     let plan = job.step_and_apply();
@@ -226,6 +259,79 @@ fn pending_with_room_creates_pods_and_stays_pending_until_the_driver_runs() {
     assert_eq!(reasons(&plan), ["Running"]);
     assert!(job.obs.status.started_at.is_some());
     assert_eq!(condition(&job, "Ready"), "True");
+}
+
+/// Runs `job` as apply would and counts the status writes apply makes (an unchanged status
+/// is not written, except before pods are created) and the events it publishes.
+fn write(job: &mut Job, writes: &mut Vec<Option<JobState>>, events: &mut Vec<Reason>) {
+    let observed = job.obs.status.clone();
+    let plan = job.step_and_apply();
+    if plan.writes_status(Some(&observed)) {
+        writes.push(plan.status.state);
+    }
+    events.extend(reasons(&plan));
+}
+
+#[test]
+fn a_lifecycle_writes_status_once_per_state_change_and_one_event_each() {
+    for (cluster_type, end) in [
+        (ClusterType::Shared, JobState::Cancelled),
+        (ClusterType::Dedicated, JobState::Cancelled),
+        (ClusterType::Shared, JobState::Completed),
+    ] {
+        let mut job = Job::new(cluster_type);
+        let (mut writes, mut events) = (Vec::new(), Vec::new());
+        write(&mut job, &mut writes, &mut events); // -> pending, pods created
+        write(&mut job, &mut writes, &mut events); // pods seen pending: nothing new
+        job.set_phase(PodPhase::Running);
+        write(&mut job, &mut writes, &mut events); // -> running
+        write(&mut job, &mut writes, &mut events); // nothing new
+        if end == JobState::Cancelled {
+            job.request_cancel();
+            write(&mut job, &mut writes, &mut events); // -> pending_cancellation
+            write(&mut job, &mut writes, &mut events); // pods terminating: nothing new
+            job.pods_gone();
+            write(&mut job, &mut writes, &mut events); // -> cancelled
+        } else {
+            job.terminate_driver(0, RESULT);
+            write(&mut job, &mut writes, &mut events); // -> completed
+        }
+        write(&mut job, &mut writes, &mut events); // nothing new
+        assert_eq!(job.state(), Some(end));
+        let states: Vec<JobState> = writes.iter().map(|s| s.expect("a state")).collect();
+        let expected: Vec<JobState> = match end {
+            JobState::Cancelled => vec![
+                JobState::Pending,
+                JobState::Running,
+                JobState::PendingCancellation,
+                JobState::Cancelled,
+            ],
+            _ => vec![JobState::Pending, JobState::Running, JobState::Completed],
+        };
+        assert_eq!(
+            states, expected,
+            "{cluster_type:?}: one write per state change"
+        );
+        let expected_events: Vec<Reason> = expected.iter().map(|s| Reason::of_state(*s)).collect();
+        assert_eq!(
+            events, expected_events,
+            "{cluster_type:?}: one event per state change"
+        );
+    }
+}
+
+#[test]
+fn only_pod_creation_and_state_changes_are_guarded() {
+    let mut job = Job::running(ClusterType::Shared);
+    job.obs.now += Duration::from_secs(30);
+    job.obs.generation += 1; // a spec change that decides nothing new: a refresh
+    let plan = decide(&job.obs);
+    assert!(plan.writes_status(Some(&job.obs.status)));
+    assert!(plan.transition(job.state()).is_none());
+    assert!(!plan.guarded(job.state()), "a refresh is written as is");
+    job.request_cancel();
+    let plan = decide(&job.obs);
+    assert!(plan.guarded(job.state()), "a state change is guarded");
 }
 
 #[test]
@@ -236,11 +342,10 @@ fn missing_pool_keeps_the_job_pending_with_a_warning_until_it_appears() {
     job.obs.pool = PoolView::Missing {
         name: "gpu".to_string(),
     };
-    job.step();
     let plan = job.step();
     assert_eq!(job.state(), Some(JobState::Pending));
     assert!(plan.create.is_empty());
-    assert_eq!(reasons(&plan), ["WaitingForComputePool"]);
+    assert_eq!(reasons(&plan), ["Pending", "WaitingForComputePool"]);
     let again = job.step();
     assert!(again.events.is_empty(), "the warning is published once");
     job.obs.pool = PoolView::Present {
@@ -249,9 +354,8 @@ fn missing_pool_keeps_the_job_pending_with_a_warning_until_it_appears() {
         admitted: true,
         max_concurrent_jobs: 0,
     };
-    job.step();
-    assert_eq!(job.obs.status.cluster_type, Some(ClusterType::Dedicated));
     let plan = job.step();
+    assert_eq!(job.obs.status.cluster_type, Some(ClusterType::Dedicated));
     assert_eq!(
         plan.create.len(),
         3,
@@ -269,10 +373,10 @@ fn a_full_pool_queues_the_job_without_pods() {
         admitted: false,
         max_concurrent_jobs: 1,
     };
-    job.step();
     let plan = job.step();
-    assert_eq!(reasons(&plan), ["Queued"]);
+    assert_eq!(reasons(&plan), ["Pending", "Queued"]);
     assert!(job.obs.status.executor.is_none());
+    assert!(job.step().events.is_empty(), "queued is announced once");
     assert!(plan.create.is_empty());
 }
 
@@ -500,8 +604,7 @@ fn a_pool_deleted_after_admission_keeps_the_executor_and_creates_nothing_without
         admitted: true,
         max_concurrent_jobs: 0,
     };
-    job.step_and_apply();
-    job.step_and_apply();
+    job.step(); // the executor is recorded; its pods are not created yet
     job.obs.pool = PoolView::Missing {
         name: "p".to_string(),
     };

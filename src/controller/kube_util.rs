@@ -41,8 +41,14 @@ struct PatchMetadata {
 }
 
 /// Writes `status` on `obj`'s status subresource by server-side apply, as the field manager
-/// `datajob-operator` (forcing ownership of the fields it sets).
-pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S, guard: Guard) -> kube::Result<()>
+/// `datajob-operator` (forcing ownership of the fields it sets). Returns the object's
+/// resourceVersion after the write (unchanged when the write changed nothing).
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    status: &S,
+    guard: Guard,
+) -> kube::Result<Option<String>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize + Debug,
@@ -62,9 +68,10 @@ where
         status,
     };
     let params = PatchParams::apply(OPERATOR_NAME).force();
-    api.patch_status(&name, &params, &Patch::Apply(&patch))
+    let written = api
+        .patch_status(&name, &params, &Patch::Apply(&patch))
         .await?;
-    Ok(())
+    Ok(written.resource_version())
 }
 
 /// Whether an API error is a 409 Conflict (a stale read lost an optimistic-concurrency race,

@@ -172,6 +172,22 @@ impl Plan {
     pub fn transition(&self, previous: Option<JobState>) -> Option<JobState> {
         self.status.state.filter(|state| previous != Some(*state))
     }
+
+    /// Whether the status must be written, given the status observed: when it changed, and
+    /// before pods are created even when it did not (that write is the double-executor guard:
+    /// pods are only created from an up-to-date view). An unchanged status is not rewritten.
+    pub fn writes_status(&self, observed: Option<&DataJobStatus>) -> bool {
+        observed != Some(&self.status) || !self.create.is_empty()
+    }
+
+    /// Whether the status write must fail when the job changed since it was observed (sent
+    /// with the observed resourceVersion): before pods are created (no second executor), and
+    /// when the state changes (a decision from a stale view must not overwrite a state
+    /// recorded meanwhile: a terminal state stays, pending_cancellation ends cancelled).
+    /// Everything else (conditions, counts, times of an unchanged state) is written as is.
+    pub fn guarded(&self, previous: Option<JobState>) -> bool {
+        !self.create.is_empty() || self.transition(previous).is_some()
+    }
 }
 
 /// What to do about a DataJob being deleted (its finalizer is still on).

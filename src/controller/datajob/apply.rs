@@ -46,20 +46,25 @@ pub async fn apply(
     let namespace = job.namespace().unwrap_or_default();
     // Creating pods also goes through the guarded status write (a no-op when nothing changed):
     // pods are only ever created from an up-to-date view of the job.
-    if job.status.as_ref() != Some(&plan.status) || !plan.create.is_empty() {
-        kube_util::apply_status(
-            &ctx.jobs_api(&namespace),
-            job,
-            &plan.status,
-            Guard::ObservedVersion,
-        )
-        .await
-        .map_err(|source| Error::WriteStatus {
-            job: object_key(job),
-            source,
-        })?;
+    let previous = job.status.as_ref();
+    if plan.writes_status(previous) {
+        let guard = if plan.guarded(previous.and_then(|s| s.state)) {
+            Guard::ObservedVersion
+        } else {
+            Guard::None
+        };
+        let version = kube_util::apply_status(&ctx.jobs_api(&namespace), job, &plan.status, guard)
+            .await
+            .map_err(|source| Error::WriteStatus {
+                job: object_key(job),
+                source,
+            })?;
+        ctx.wrote(job, version.as_deref());
     }
     let pods = ctx.pods_api(&namespace);
+    for name in &plan.delete {
+        ctx.forget_pod(&format!("{namespace}/{name}"));
+    }
     delete_pods(&pods, &namespace, &plan.delete).await?;
     match create_executor(job, ctx, plan, pool, &pods).await? {
         Creation::Done => {}
@@ -100,7 +105,7 @@ async fn create_executor(
     }
     let template = ExecutorTemplate::resolve(job, plan.cluster_type(), pool, &ctx.defaults)?;
     let created = match create_query(ctx, job, &template).await {
-        Ok(Creation::Done) => create_pods(pods, job, &template, plan).await,
+        Ok(Creation::Done) => create_pods(ctx, pods, job, &template, plan).await,
         other => other,
     };
     if let Err(error @ Error::CreatePod { .. }) = &created {
@@ -130,6 +135,7 @@ fn record_transition(job: &DataJob, ctx: &Context, plan: &Plan) {
 /// Creates the planned pods; a pod that already exists (same deterministic name) counts as
 /// created.
 async fn create_pods(
+    ctx: &Context,
     pods: &Api<Pod>,
     job: &DataJob,
     template: &ExecutorTemplate,
@@ -150,11 +156,15 @@ async fn create_pods(
             .create(&params, &template.pod(slot, owner.clone()))
             .await
         {
-            Ok(_) => debug!(pod = %slot.name, "created executor pod"),
+            Ok(_) => {
+                ctx.created_pod(format!("{}/{}", template.namespace, slot.name));
+                debug!(pod = %slot.name, "created executor pod");
+            }
             Err(source) if kube_util::is_conflict(&source) => {
                 if let Some(message) = squatter(pods, job, &slot.name).await? {
                     return Ok(Creation::Conflict(message));
                 }
+                ctx.created_pod(format!("{}/{}", template.namespace, slot.name));
                 debug!(pod = %slot.name, "executor pod already exists");
             }
             Err(source) => {

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use k8s_openapi::api::core::v1::Pod;
@@ -69,6 +70,9 @@ impl<T: Default> Table<T> {
     }
 }
 
+/// How long a created pod counts as existing while the pod cache does not show it.
+const POD_CACHE_LAG: Duration = Duration::from_secs(30);
+
 /// What every reconcile shares.
 pub struct Context {
     pub(super) client: Client,
@@ -85,6 +89,13 @@ pub struct Context {
     rejections: Table<HashMap<String, String>>,
     /// Pods squatting on an executor's names, by job uid, until the job records its failure.
     conflicts: Table<HashMap<String, String>>,
+    /// The resourceVersions a job had before this instance's last writes to it, by job uid,
+    /// until the cache shows a newer one: a pass on such a version would decide from a view
+    /// older than the operator's own write.
+    superseded: Table<HashMap<String, Vec<String>>>,
+    /// Executor pods created by this instance that the pod cache does not show yet, by
+    /// `namespace/name`, with when they were created.
+    created: Table<HashMap<String, Instant>>,
     wake_jobs: UnboundedSender<ObjectRef<DataJob>>,
     wake_pools: UnboundedSender<ObjectRef<ComputePool>>,
 }
@@ -116,6 +127,8 @@ impl Context {
             failures: Table::new(),
             rejections: Table::new(),
             conflicts: Table::new(),
+            superseded: Table::new(),
+            created: Table::new(),
             wake_jobs,
             wake_pools,
         };
@@ -198,6 +211,66 @@ impl Context {
     /// The squatter found for job `uid`, if any.
     pub(super) fn conflict(&self, uid: &str) -> Option<String> {
         self.conflicts.with(|conflicts| conflicts.get(uid).cloned())
+    }
+
+    /// Notes a write to `job` (as it was read) that moved it to resourceVersion `now`.
+    pub(super) fn wrote(&self, job: &DataJob, now: Option<&str>) {
+        let (Some(uid), Some(before)) = (job.uid(), job.resource_version()) else {
+            return;
+        };
+        if now == Some(before.as_str()) {
+            return;
+        }
+        self.superseded
+            .with(|superseded| superseded.entry(uid).or_default().push(before));
+    }
+
+    /// Whether `job` as cached is older than this instance's last write to it (the watch has
+    /// not delivered that write yet). Forgets the writes once a newer version is seen.
+    pub(super) fn predates_own_write(&self, job: &DataJob) -> bool {
+        let (Some(uid), Some(version)) = (job.uid(), job.resource_version()) else {
+            return false;
+        };
+        self.superseded
+            .with(|superseded| match superseded.get(&uid) {
+                Some(versions) if versions.contains(&version) => true,
+                Some(_) => {
+                    superseded.remove(&uid);
+                    false
+                }
+                None => false,
+            })
+    }
+
+    /// Notes that the executor pod `namespace/name` was created (or found to exist).
+    pub(super) fn created_pod(&self, key: String) {
+        self.created
+            .with(|created| created.insert(key, Instant::now()));
+    }
+
+    /// Whether the pod `namespace/name` was created by this instance recently enough that the
+    /// cache may not show it yet; `cached` says whether the cache shows it (then it is
+    /// forgotten).
+    pub(super) fn expects_pod(&self, key: &str, cached: bool) -> bool {
+        self.created.with(|created| {
+            if cached {
+                created.remove(key);
+                return false;
+            }
+            match created.get(key) {
+                Some(at) if at.elapsed() < POD_CACHE_LAG => true,
+                Some(_) => {
+                    created.remove(key);
+                    false
+                }
+                None => false,
+            }
+        })
+    }
+
+    /// Forgets a pod that is being deleted.
+    pub(super) fn forget_pod(&self, key: &str) {
+        self.created.with(|created| created.remove(key));
     }
 
     /// A job of `pool` gave its slot back: reconcile the jobs waiting for one, and the pool's

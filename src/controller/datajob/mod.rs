@@ -21,6 +21,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -32,6 +33,10 @@ use crate::controller::kube_util::object_key;
 use crate::domain::{self, Deletion, EventKind, JobEvent, Observation, Reason};
 pub use context::{Config, Context, Stores, Wakeups};
 pub use error::Error;
+
+/// When to look again at a job whose cached version predates the operator's own write, if
+/// the watch has not woken it by then.
+const OWN_WRITE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Finalizer that holds a DataJob until its executor pods are gone.
 pub const FINALIZER: &str = "datajob.dev/teardown";
@@ -152,10 +157,16 @@ async fn reconcile_object(job: Arc<DataJob>, ctx: &Context) -> Result<Action, Er
         job: job.name_any(),
         field: "namespace",
     })?;
+    if ctx.predates_own_write(&job) {
+        // The watch delivers the operator's own write soon and wakes the job again; deciding
+        // now would work from a view older than that write (and its write would conflict).
+        return Ok(Action::requeue(OWN_WRITE_RECHECK));
+    }
     if let Some(wait) = wait_for_teardown(&job, ctx).await? {
         return Ok(wait);
     }
     let key = object_key(&*job);
+    let job = add_finalizer(&ctx.jobs_api(&namespace), job, ctx).await?;
     finalizer(&ctx.jobs_api(&namespace), FINALIZER, job, |event| async {
         match event {
             finalizer::Event::Apply(job) => reconcile_job(&job, ctx).await,
@@ -170,6 +181,39 @@ async fn reconcile_object(job: Arc<DataJob>, ctx: &Context) -> Result<Action, Er
             message: other.to_string(),
         },
     })
+}
+
+/// A live job without the finalizer gets it, and the pass goes on with the object the API
+/// server returned (so the first status write follows in the same pass, not after a watch
+/// round trip). The patch carries the observed resourceVersion: it fails rather than
+/// overwrite finalizers someone else changed meanwhile.
+async fn add_finalizer(
+    jobs: &kube::Api<DataJob>,
+    job: Arc<DataJob>,
+    ctx: &Context,
+) -> Result<Arc<DataJob>, Error> {
+    if job.metadata.deletion_timestamp.is_some() || job.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        return Ok(job);
+    }
+    let mut finalizers = job.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": job.resource_version(), "finalizers": finalizers }
+    });
+    let patched = jobs
+        .patch(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|source| Error::Finalizer {
+            job: object_key(&*job),
+            message: format!("cannot add the finalizer: {source}"),
+        })?;
+    ctx.wrote(&job, patched.resource_version().as_deref());
+    Ok(Arc::new(patched))
 }
 
 /// Observe, decide, apply for a live (not deleted) job.

@@ -46,7 +46,7 @@ pub fn observe(
         generation: job.meta().generation.unwrap_or(0),
         spec: job.spec.clone(),
         status: job.status.clone().unwrap_or_default(),
-        pods: cached_pods(&ctx.stores.pods, job),
+        pods: cached_pods(ctx, job),
         pool: pool_view(job, pool.as_deref(), admitted),
         rejection: ctx.rejection(&uid),
         refusal,
@@ -153,7 +153,10 @@ pub fn observe_pod(pod: &Pod) -> ObservedPod {
 /// The job's executor pods from the pod cache, sorted by name. Pod names are deterministic, so
 /// this looks up the recorded executor's slots by name (not a scan of every cached pod); a
 /// decision that needs to know that no pod at all is left confirms it with [`live_pods`].
-fn cached_pods(pods: &Store<Pod>, job: &DataJob) -> Vec<ObservedPod> {
+/// A pod this instance just created that the cache does not show yet counts as existing and
+/// pending, so it is not created twice.
+fn cached_pods(ctx: &Context, job: &DataJob) -> Vec<ObservedPod> {
+    let pods: &Store<Pod> = &ctx.stores.pods;
     let (Some(uid), Some(namespace)) = (job.uid(), job.namespace()) else {
         return Vec::new();
     };
@@ -167,12 +170,36 @@ fn cached_pods(pods: &Store<Pod>, job: &DataJob) -> Vec<ObservedPod> {
     let workers = domain::workers(&job.spec);
     let mut observed: Vec<ObservedPod> = executor::pod_slots(executor, cluster_type, workers)
         .iter()
-        .filter_map(|slot| pods.get(&ObjectRef::new(&slot.name).within(&namespace)))
-        .filter(|p| p.labels().get(LABEL_JOB_UID) == Some(&uid))
-        .map(|p| observe_pod(&p))
+        .filter_map(|slot| {
+            let cached = pods.get(&ObjectRef::new(&slot.name).within(&namespace));
+            let key = format!("{namespace}/{}", slot.name);
+            match cached {
+                Some(pod) => {
+                    ctx.expects_pod(&key, true);
+                    (pod.labels().get(LABEL_JOB_UID) == Some(&uid)).then(|| observe_pod(&pod))
+                }
+                None => ctx
+                    .expects_pod(&key, false)
+                    .then(|| just_created(&slot.name, slot.role)),
+            }
+        })
         .collect();
     observed.sort_by(|a, b| a.name.cmp(&b.name));
     observed
+}
+
+/// A pod created a moment ago, as decide should see it: existing, not started.
+fn just_created(name: &str, role: Role) -> ObservedPod {
+    ObservedPod {
+        name: name.to_string(),
+        role: Some(role),
+        phase: PodPhase::Pending,
+        terminating: false,
+        reason: None,
+        message: None,
+        termination: None,
+        started_at: None,
+    }
 }
 
 /// The job's executor pods read from the API server (a consistent read, not a cache).

@@ -109,16 +109,53 @@ async fn status_is_written_with_the_observed_resource_version_before_pods_are_cr
             "abcdef12-0000-0000-0000-000000000000"
         );
         echo(send, &pod, StatusCode::CREATED);
-
-        let (event, send) = expect(&mut server, "POST", EVENTS_PATH).await;
-        assert_eq!(event.body()["reason"], "Starting");
-        echo(send, &event, StatusCode::CREATED);
         server
     });
     reconcile_job(&datajob, &ctx)
         .await
         .expect("reconcile succeeds");
-    no_more_calls(ctx, api_server, "no further API calls").await;
+    no_more_calls(
+        ctx,
+        api_server,
+        "no event: waiting for the driver is no news",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_view_older_than_the_operators_own_write_is_not_acted_on() {
+    let (ctx, server) = mocked();
+    let datajob = job();
+    ctx.wrote(&datajob, Some("43"));
+    let api_server = tokio::spawn(async move { server });
+    let action = reconcile_object(Arc::new(datajob.clone()), &ctx)
+        .await
+        .expect("a wait, not an error");
+    assert_eq!(action, Action::requeue(OWN_WRITE_RECHECK));
+    let mut newer = datajob.clone();
+    newer.metadata.resource_version = Some("43".to_string());
+    assert!(!ctx.predates_own_write(&newer), "the write arrived");
+    assert!(!ctx.predates_own_write(&datajob), "and is forgotten");
+    no_more_calls(ctx, api_server, "nothing is decided from a stale view").await;
+}
+
+#[tokio::test]
+async fn a_pod_just_created_counts_as_existing_until_the_cache_shows_it() {
+    let (ctx, _server) = mocked();
+    let mut datajob = job();
+    ctx.created_pod("ns/dj-j-abcdef12-driver".to_string());
+    let observed = observe::observe(&datajob, &ctx, None);
+    assert_eq!(observed.observation.pods.len(), 1);
+    let plan = crate::domain::decide(&observed.observation);
+    assert!(plan.create.is_empty(), "not created twice");
+    assert_eq!(plan.status.active_executors, Some(1));
+    ctx.forget_pod("ns/dj-j-abcdef12-driver");
+    datajob.metadata.resource_version = Some("44".to_string());
+    let observed = observe::observe(&datajob, &ctx, None);
+    assert!(
+        observed.observation.pods.is_empty(),
+        "a deleted pod is forgotten"
+    );
 }
 
 #[tokio::test]

@@ -30,6 +30,13 @@ pub fn on_deletion(pods: &[ObservedPod]) -> Deletion {
     }
 }
 
+fn tearing_down(pods: usize) -> super::Waiting {
+    super::Waiting {
+        reason: Reason::TearingDown,
+        message: format!("waiting for {pods} executor pod(s) to terminate"),
+    }
+}
+
 impl Step<'_> {
     pub(super) fn request_cancellation(&mut self) {
         self.status.cancellation = Some(Cancellation {
@@ -43,6 +50,10 @@ impl Step<'_> {
         );
         self.move_to(JobState::PendingCancellation, message);
         self.delete = teardown(&self.obs.pods);
+        if !self.obs.pods.is_empty() {
+            // What the next passes record while the pods terminate, so they write nothing new.
+            self.waiting = Some(tearing_down(self.obs.pods.len()));
+        }
     }
 
     pub(super) fn tear_down(&mut self) {
@@ -54,13 +65,7 @@ impl Step<'_> {
             );
         } else {
             self.delete = teardown(&self.obs.pods);
-            self.waiting = Some(super::Waiting {
-                reason: Reason::TearingDown,
-                message: format!(
-                    "waiting for {} executor pod(s) to terminate",
-                    self.obs.pods.len()
-                ),
-            });
+            self.waiting = Some(tearing_down(self.obs.pods.len()));
             self.requeue = Some(RESYNC);
         }
     }

@@ -154,15 +154,14 @@ impl<'a> Step<'a> {
             .collect();
     }
 
-    /// Stays where it is for a reason; publishes the event only when the reason is new.
+    /// Stays where it is for a reason; publishes the event only when the reason is new and
+    /// tells the user more than the state does ([`announces`]).
     fn wait(&mut self, reason: Reason, message: String, kind: EventKind) {
         let previous = crate::api::condition::find(
             &self.obs.status.conditions,
             ConditionType::Reconciling.as_str(),
         );
-        if previous.is_none_or(|c| reason != c.reason.as_str())
-            && reason != Reason::CreatingExecutor
-        {
+        if previous.is_none_or(|c| reason != c.reason.as_str()) && announces(reason) {
             self.event(kind, reason, message.clone());
         }
         self.waiting = Some(Waiting { reason, message });
@@ -178,7 +177,10 @@ impl<'a> Step<'a> {
 
     fn finish(mut self) -> Plan {
         self.status.observed_generation = Some(self.obs.generation);
-        self.status.active_executors = Some(i32::try_from(self.obs.pods.len()).unwrap_or(i32::MAX));
+        // Pods planned for creation exist once the plan is carried out: counting them now
+        // spares a second write when they appear.
+        let active = self.obs.pods.len() + self.create.len();
+        self.status.active_executors = Some(i32::try_from(active).unwrap_or(i32::MAX));
         self.status.conditions =
             super::conditions::conditions(self.obs, &self.status, self.waiting.as_ref());
         if self.status != self.obs.status {
@@ -194,6 +196,13 @@ impl<'a> Step<'a> {
             delete_job: self.delete_job,
         }
     }
+}
+
+/// Whether waiting for `reason` is worth an event: not when it only restates the state
+/// (`pending` waiting for its pods or its driver); a missing pool, a full pool and the like
+/// are news to the user.
+pub(super) fn announces(reason: Reason) -> bool {
+    !matches!(reason, Reason::CreatingExecutor | Reason::Starting)
 }
 
 /// ` (reason: ...)` when a reason was given.

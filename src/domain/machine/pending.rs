@@ -1,8 +1,6 @@
 //! `(new)` and `pending`: accept the job, wait for its pool and a slot, record the executor,
 //! create its pods, and move to `running` once the driver runs.
 
-use std::time::Duration;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{Step, resolve_cluster_type, workers};
@@ -22,10 +20,17 @@ pub fn executor_create_failed(message: String) -> JobEvent {
 }
 
 impl Step<'_> {
+    /// Records `pending` and, in the same status write, what `pending` decides next when that
+    /// cannot fail the job (no refusal, no rejection, no cancel request): the executor and its
+    /// pods when the pool has room, else why the job waits. A refused or cancelled job is
+    /// decided by the next pass, so no state is skipped.
     pub(super) fn initialize(&mut self) {
         self.status.job_id = Some(self.obs.uid.clone());
         self.status.created_at = Some(self.now());
         self.move_to(JobState::Pending, "job accepted".to_string());
+        if self.obs.refusal.is_none() && self.obs.rejection.is_none() && !self.obs.spec.cancel {
+            self.pending();
+        }
     }
 
     pub(super) fn pending(&mut self) {
@@ -57,17 +62,14 @@ impl Step<'_> {
             .status
             .cluster_type
             .get_or_insert_with(|| resolve_cluster_type(&self.obs.spec, &self.obs.pool));
-        let Some(executor) = self.status.executor.clone() else {
-            // Record the executor first; pods are created once the name is in status.
-            self.status.executor = Some(executor::executor_name(&self.obs.name, &self.obs.uid));
-            self.wait(
-                Reason::CreatingExecutor,
-                "recording the executor before creating its pods".to_string(),
-                EventKind::Normal,
-            );
-            self.requeue = Some(Duration::ZERO);
-            return;
-        };
+        // The executor is recorded in the status this plan writes, and apply writes it (guarded
+        // by the observed version) before it creates any pod, so recording it and creating its
+        // pods go in one pass.
+        let executor = self
+            .status
+            .executor
+            .get_or_insert_with(|| executor::executor_name(&self.obs.name, &self.obs.uid))
+            .clone();
         let slots = executor::pod_slots(&executor, cluster_type, workers(&self.obs.spec));
         if let Some((reason, message)) = self.lost_executor_pod(&slots, false) {
             self.fail(reason, message);
