@@ -12,6 +12,8 @@
 
 #[path = "scale/audit.rs"]
 mod audit;
+#[path = "scale/cli.rs"]
+mod cli;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -48,27 +50,10 @@ struct Run {
     writes_cancel: Writes,
 }
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<usize> = arg("--sizes")
-        .unwrap_or_else(|| "100,1000".to_string())
-        .split(',')
-        .map(|s| s.trim().parse().expect("--sizes takes numbers"))
-        .collect();
-    let operator = arg("--operator").unwrap_or_else(|| {
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/target/release/datajob-operator"
-        )
-        .to_string()
-    });
+    let sizes = cli::sizes("100,1000");
+    let operator = cli::operator();
     let client = admin_client().await;
     install_crds(&client).await;
     let mut runs = Vec::new();

@@ -5,9 +5,13 @@
 # cluster down.
 #
 #   hack/bench.sh [--name NAME] [--port-base PORT] [--sizes 100,1000]
+#   hack/bench.sh [--name NAME] [--port-base PORT] --side-by-side [--sizes 300,1000] [--runs 3]
 #
+# --side-by-side runs benches/versus.rs instead: batch/v1 Jobs against DataJobs on the same
+# cluster (stream, cancel storm, backlog), with ratios. The API server keeps an audit log of
+# writes (hack/cluster.sh --audit), from which both benchmarks count writes per job.
 # DATAJOB_BENCH_CLUSTER names the cluster too; DATAJOB_BENCH_NODES fake nodes (default 30).
-# Other arguments go to benches/scale.rs.
+# Other arguments go to the benchmark.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -15,10 +19,12 @@ cd "$ROOT"
 source "$ROOT/hack/lib/common.sh"
 
 NAME=${DATAJOB_BENCH_CLUSTER:-bench}
+BENCH=scale
 BENCH_ARGS=()
 bench_option() {
   case $1 in
-    -h | --help) usage 10; exit 0 ;;
+    -h | --help) usage 14; exit 0 ;;
+    --side-by-side) BENCH=versus; OPTION_ARGS=1 ;;
     *) BENCH_ARGS+=("$1"); OPTION_ARGS=1 ;;
   esac
 }
@@ -28,8 +34,8 @@ cluster_command --nodes "${DATAJOB_BENCH_NODES:-30}" --audit
 trap '"${CLUSTER[@]}" down >/dev/null' EXIT
 log "building the operator (release) and the benchmark"
 cargo build --release --bin datajob-operator
-cargo bench --no-run --bench scale
+cargo bench --no-run --bench "$BENCH"
 log "starting cluster '$NAME'"
 "${CLUSTER[@]}" up >/dev/null
 eval "$("${CLUSTER[@]}" env)"
-cargo bench --bench scale -- --operator "$ROOT/target/release/datajob-operator" "${BENCH_ARGS[@]}"
+cargo bench --bench "$BENCH" -- --operator "$ROOT/target/release/datajob-operator" "${BENCH_ARGS[@]}"

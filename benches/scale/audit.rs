@@ -71,13 +71,10 @@ fn actor(entry: &Entry) -> String {
     if entry.user_agent.starts_with("datajob-operator/") {
         OPERATOR.to_string()
     } else if entry.user_agent.starts_with("kube-controller-manager/") {
-        // kube-controller-manager appends the controller's name to its user agent.
-        entry
-            .user_agent
-            .rsplit('/')
-            .next()
-            .unwrap_or("kube-controller-manager")
-            .to_string()
+        // kube-controller-manager appends the controller's name (or its service account,
+        // `system:serviceaccount:kube-system:job-controller`) to its user agent.
+        let suffix = entry.user_agent.rsplit('/').next().unwrap_or_default();
+        suffix.rsplit(':').next().unwrap_or(suffix).to_string()
     } else {
         entry.user.username.clone()
     }

@@ -62,10 +62,10 @@ pub async fn apply(
         ctx.wrote(job, version.as_deref());
     }
     let pods = ctx.pods_api(&namespace);
-    for name in &plan.delete {
-        ctx.forget_pod(&format!("{namespace}/{name}"));
-    }
     delete_pods(&pods, &namespace, &plan.delete).await?;
+    for name in &plan.delete {
+        ctx.deleted_pod(format!("{namespace}/{name}"));
+    }
     match create_executor(job, ctx, plan, pool, &pods).await? {
         Creation::Done => {}
         Creation::Rejected(message) => {

@@ -73,6 +73,19 @@ impl<T: Default> Table<T> {
 /// How long a created pod counts as existing while the pod cache does not show it.
 const POD_CACHE_LAG: Duration = Duration::from_secs(30);
 
+/// Whether a change this instance made to `key` is still on its way to the cache: noted less
+/// than [`POD_CACHE_LAG`] ago and not `seen` yet. Forgets it once seen or too old.
+fn pending(changes: &mut HashMap<String, Instant>, key: &str, seen: bool) -> bool {
+    let recent = !seen
+        && changes
+            .get(key)
+            .is_some_and(|at| at.elapsed() < POD_CACHE_LAG);
+    if !recent {
+        changes.remove(key);
+    }
+    recent
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub(super) client: Client,
@@ -96,6 +109,8 @@ pub struct Context {
     /// Executor pods created by this instance that the pod cache does not show yet, by
     /// `namespace/name`, with when they were created.
     created: Table<HashMap<String, Instant>>,
+    /// Executor pods deleted by this instance that the cache does not show terminating yet.
+    deleted: Table<HashMap<String, Instant>>,
     wake_jobs: UnboundedSender<ObjectRef<DataJob>>,
     wake_pools: UnboundedSender<ObjectRef<ComputePool>>,
 }
@@ -129,6 +144,7 @@ impl Context {
             conflicts: Table::new(),
             superseded: Table::new(),
             created: Table::new(),
+            deleted: Table::new(),
             wake_jobs,
             wake_pools,
         };
@@ -252,25 +268,23 @@ impl Context {
     /// cache may not show it yet; `cached` says whether the cache shows it (then it is
     /// forgotten).
     pub(super) fn expects_pod(&self, key: &str, cached: bool) -> bool {
-        self.created.with(|created| {
-            if cached {
-                created.remove(key);
-                return false;
-            }
-            match created.get(key) {
-                Some(at) if at.elapsed() < POD_CACHE_LAG => true,
-                Some(_) => {
-                    created.remove(key);
-                    false
-                }
-                None => false,
-            }
-        })
+        self.created.with(|created| pending(created, key, cached))
     }
 
-    /// Forgets a pod that is being deleted.
-    pub(super) fn forget_pod(&self, key: &str) {
-        self.created.with(|created| created.remove(key));
+    /// Notes that the executor pod `namespace/name` is being deleted: it no longer counts as
+    /// just created, and counts as terminating until the cache shows it so.
+    pub(super) fn deleted_pod(&self, key: String) {
+        self.created.with(|created| created.remove(&key));
+        self.deleted
+            .with(|deleted| deleted.insert(key, Instant::now()));
+    }
+
+    /// Whether the pod `namespace/name`, which the cache shows as not terminating, was deleted
+    /// by this instance so recently that the cache may not show it yet; `terminating` says
+    /// whether the cache shows it terminating (then it is forgotten).
+    pub(super) fn deleting_pod(&self, key: &str, terminating: bool) -> bool {
+        self.deleted
+            .with(|deleted| pending(deleted, key, terminating))
     }
 
     /// A job of `pool` gave its slot back: reconcile the jobs waiting for one, and the pool's

@@ -154,7 +154,8 @@ pub fn observe_pod(pod: &Pod) -> ObservedPod {
 /// this looks up the recorded executor's slots by name (not a scan of every cached pod); a
 /// decision that needs to know that no pod at all is left confirms it with [`live_pods`].
 /// A pod this instance just created that the cache does not show yet counts as existing and
-/// pending, so it is not created twice.
+/// pending, so it is not created twice; one it just deleted counts as terminating, so it is
+/// not deleted twice.
 fn cached_pods(ctx: &Context, job: &DataJob) -> Vec<ObservedPod> {
     let pods: &Store<Pod> = &ctx.stores.pods;
     let (Some(uid), Some(namespace)) = (job.uid(), job.namespace()) else {
@@ -176,7 +177,10 @@ fn cached_pods(ctx: &Context, job: &DataJob) -> Vec<ObservedPod> {
             match cached {
                 Some(pod) => {
                     ctx.expects_pod(&key, true);
-                    (pod.labels().get(LABEL_JOB_UID) == Some(&uid)).then(|| observe_pod(&pod))
+                    let mut observed = observe_pod(&pod);
+                    // A pod this instance just deleted is terminating, whatever the cache says.
+                    observed.terminating |= ctx.deleting_pod(&key, observed.terminating);
+                    (pod.labels().get(LABEL_JOB_UID) == Some(&uid)).then_some(observed)
                 }
                 None => ctx
                     .expects_pod(&key, false)

@@ -149,12 +149,20 @@ async fn a_pod_just_created_counts_as_existing_until_the_cache_shows_it() {
     let plan = crate::domain::decide(&observed.observation);
     assert!(plan.create.is_empty(), "not created twice");
     assert_eq!(plan.status.active_executors, Some(1));
-    ctx.forget_pod("ns/dj-j-abcdef12-driver");
+    ctx.deleted_pod("ns/dj-j-abcdef12-driver".to_string());
     datajob.metadata.resource_version = Some("44".to_string());
     let observed = observe::observe(&datajob, &ctx, None);
     assert!(
         observed.observation.pods.is_empty(),
-        "a deleted pod is forgotten"
+        "a deleted pod is not expected any more"
+    );
+    assert!(
+        ctx.deleting_pod("ns/dj-j-abcdef12-driver", false),
+        "it counts as terminating"
+    );
+    assert!(
+        !ctx.deleting_pod("ns/dj-j-abcdef12-driver", true),
+        "until the cache shows it"
     );
 }
 

@@ -1,0 +1,628 @@
+//! Side by side on one cluster: batch/v1 Jobs (kube-controller-manager's Job controller)
+//! against shared DataJobs (this operator, release build), one-pod jobs, grace period 1 s.
+//! Scenarios, each with N objects:
+//! - stream: the client creates N objects as fast as it can (32 requests in flight); time
+//!   until every one runs (Job: `status.ready` = 1; DataJob: `running`), per-object
+//!   create -> running p50/p99, and the client's own create time;
+//! - cancel storm: the N objects of the stream are stopped at once (Job `suspend`, DataJob
+//!   `cancel`); time until no pod is left (Job) / every DataJob is `cancelled`;
+//! - backlog: N objects exist before the controller has work (Jobs created suspended and then
+//!   resumed at once; DataJobs created while the operator is stopped, which then starts).
+//!
+//! For each: the controller's API writes per object by verb and resource (from the API
+//! server's audit log, `hack/cluster.sh --audit`: user agent `datajob-operator/...` against
+//! kube-controller-manager's `.../job-controller`), the controller's CPU seconds (the
+//! operator's process; for Jobs the whole kube-controller-manager), the operator's peak RSS,
+//! and the ratio DataJob/Job. Medians over `--runs` runs.
+//!
+//! Run with `hack/bench.sh --side-by-side [--sizes 300,1000] [--runs 3]`.
+
+// Shared with benches/scale.rs, which uses all of it.
+#[allow(dead_code)]
+#[path = "scale/audit.rs"]
+mod audit;
+#[path = "scale/cli.rs"]
+mod cli;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use datajob_operator::api::DataJob;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use audit::{AuditLog, Writes};
+use support::operator::Launch;
+use support::{Operator, TestNamespace, admin_client, cancel, datajob, install_crds};
+
+/// Requests in flight at once.
+const PARALLEL: usize = 32;
+/// Longest a phase may take before the run is abandoned.
+const PHASE_LIMIT: Duration = Duration::from_secs(900);
+/// The operator's name in the audit log; the Job controller's.
+const OPERATOR: &str = audit::OPERATOR;
+const JOB_CONTROLLER: &str = "job-controller";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Job,
+    DataJob,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Scenario {
+    Stream,
+    CancelStorm,
+    Backlog,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Stream => "stream",
+            Scenario::CancelStorm => "cancel storm",
+            Scenario::Backlog => "backlog",
+        }
+    }
+}
+
+/// One scenario of one run for one kind.
+#[derive(Clone, Debug, Default)]
+struct Measure {
+    /// The client's own time to create (or stop, or resume) the N objects.
+    client: Duration,
+    /// Until every object reached the end of the phase.
+    wall: Duration,
+    per_object: Vec<Duration>,
+    writes: Writes,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    let sizes = cli::sizes("300,1000");
+    let runs: usize = cli::arg("--runs").map_or(3, |r| r.parse().expect("--runs takes a number"));
+    let operator = cli::operator();
+    let audit = AuditLog::from_env();
+    assert!(
+        audit.mark() > 0,
+        "no audit log: start the cluster with `hack/cluster.sh --audit` (hack/bench.sh does)"
+    );
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let bench = Bench {
+        client,
+        audit,
+        operator,
+        controller_manager: controller_manager_pid(),
+    };
+    let mut results: BTreeMap<(usize, Scenario, Kind), Vec<Measure>> = BTreeMap::new();
+    for &size in &sizes {
+        for run in 1..=runs {
+            for kind in [Kind::Job, Kind::DataJob] {
+                eprintln!("N={size} run {run}/{runs}: {kind:?} stream and cancel storm");
+                let (stream, storm) = bench.stream_and_cancel(kind, size).await;
+                results
+                    .entry((size, Scenario::Stream, kind))
+                    .or_default()
+                    .push(stream);
+                results
+                    .entry((size, Scenario::CancelStorm, kind))
+                    .or_default()
+                    .push(storm);
+                eprintln!("N={size} run {run}/{runs}: {kind:?} backlog");
+                let backlog = bench.backlog(kind, size).await;
+                results
+                    .entry((size, Scenario::Backlog, kind))
+                    .or_default()
+                    .push(backlog);
+            }
+        }
+    }
+    print_tables(&results, runs);
+}
+
+struct Bench {
+    client: Client,
+    audit: AuditLog,
+    operator: String,
+    controller_manager: Option<u32>,
+}
+
+/// kube-controller-manager's pid, recorded by hack/cluster.sh beside the audit log.
+fn controller_manager_pid() -> Option<u32> {
+    let log = PathBuf::from(std::env::var_os("DATAJOB_AUDIT_LOG")?);
+    let pid = log
+        .parent()?
+        .join("pids")
+        .join("kube-controller-manager.pid");
+    std::fs::read_to_string(pid).ok()?.trim().parse().ok()
+}
+
+/// CPU seconds (user + system) a process used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn job_manifest(name: &str, suspend: bool) -> Job {
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": { "name": name },
+        "spec": {
+            "suspend": suspend,
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{ "name": "main", "image": "registry.example/job:bench" }],
+                },
+            },
+        },
+    }))
+    .expect("job manifest")
+}
+
+fn datajob_manifest(name: &str) -> DataJob {
+    datajob(name)
+        .nql("SELECT 1")
+        .dataset_id(Some(1))
+        .stats_enabled(false)
+        .data_plane("dp-bench")
+        .grace_period(1)
+        .build()
+}
+
+/// Runs `f` on every name, `PARALLEL` at once; returns when each call started.
+async fn each<F, Fut>(names: &[String], f: F) -> HashMap<String, Instant>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    futures::stream::iter(names.iter().cloned().map(|name| {
+        let call = f(name.clone());
+        async move {
+            let at = Instant::now();
+            call.await;
+            (name, at)
+        }
+    }))
+    .buffer_unordered(PARALLEL)
+    .collect()
+    .await
+}
+
+/// Sends `(name, when)` each time `reached` holds for an object of `api`.
+fn watch_objects<K>(
+    api: Api<K>,
+    reached: impl Fn(&K) -> bool + Send + 'static,
+) -> (
+    UnboundedReceiver<(String, Instant)>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    let (tx, rx) = unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        while let Ok(Some(event)) = stream.try_next().await {
+            if let watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) = event
+                && reached(&obj)
+            {
+                let _ = tx.send((obj.name_any(), Instant::now()));
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Sends `(job name, when)` each time a pod of a Job is deleted.
+fn watch_pod_deletions(
+    api: Api<Pod>,
+) -> (
+    UnboundedReceiver<(String, Instant)>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        while let Ok(Some(event)) = stream.try_next().await {
+            if let watcher::Event::Delete(pod) = event
+                && let Some(job) = pod.labels().get("batch.kubernetes.io/job-name")
+            {
+                let _ = tx.send((job.clone(), Instant::now()));
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// When each of `size` names first arrived on `rx`.
+async fn collect(
+    rx: &mut UnboundedReceiver<(String, Instant)>,
+    size: usize,
+    what: &str,
+) -> HashMap<String, Instant> {
+    let mut seen = HashMap::new();
+    let deadline = tokio::time::Instant::now() + PHASE_LIMIT;
+    while seen.len() < size {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((name, at))) => {
+                seen.entry(name).or_insert(at);
+            }
+            Ok(None) => panic!("the watch ended"),
+            Err(_) => panic!("only {} of {size} reached {what} in time", seen.len()),
+        }
+    }
+    seen
+}
+
+/// Sends `(name, when)` when an object runs: a Job has a ready pod, a DataJob is `running`.
+fn watch_running(
+    kind: Kind,
+    jobs: &Api<Job>,
+    datajobs: &Api<DataJob>,
+) -> (
+    UnboundedReceiver<(String, Instant)>,
+    tokio::task::JoinHandle<()>,
+) {
+    match kind {
+        Kind::Job => watch_objects(jobs.clone(), job_running),
+        Kind::DataJob => watch_objects(datajobs.clone(), datajob_in("running")),
+    }
+}
+
+fn job_running(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.ready)
+        .is_some_and(|r| r >= 1)
+}
+
+fn datajob_in(state: &'static str) -> impl Fn(&DataJob) -> bool {
+    move |job| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.state)
+            .is_some_and(|s| s.as_str() == state)
+    }
+}
+
+fn names(size: usize) -> Vec<String> {
+    (0..size).map(|i| format!("job-{i:05}")).collect()
+}
+
+fn latencies(
+    names: &[String],
+    from: &HashMap<String, Instant>,
+    to: &HashMap<String, Instant>,
+) -> Vec<Duration> {
+    names
+        .iter()
+        .map(|n| to[n].saturating_duration_since(from[n]))
+        .collect()
+}
+
+/// What a measured phase is about.
+struct Phase<'a> {
+    kind: Kind,
+    operator: Option<&'a Operator>,
+    namespace: &'a str,
+    names: &'a [String],
+}
+
+impl Bench {
+    /// Runs `requests` (which returns when each object's request started), then waits until
+    /// every object arrived on `reached`; measures the controller meanwhile.
+    async fn measure(
+        &self,
+        phase: &Phase<'_>,
+        reached: &mut UnboundedReceiver<(String, Instant)>,
+        requests: impl Future<Output = HashMap<String, Instant>>,
+    ) -> Measure {
+        let mark = self.audit.mark();
+        let cpu = self.controller_cpu(phase.kind, phase.operator);
+        let start = Instant::now();
+        let requested = requests.await;
+        let client = start.elapsed();
+        let reached = collect(reached, phase.names.len(), "the end of the phase").await;
+        let wall = start.elapsed();
+        Measure {
+            client,
+            wall,
+            per_object: latencies(phase.names, &requested, &reached),
+            writes: self.audit.writes_since(mark, phase.namespace).await,
+            cpu_seconds: self.controller_cpu(phase.kind, phase.operator) - cpu,
+            peak_rss_kib: phase.operator.map_or(0, Operator::peak_rss_kib),
+        }
+    }
+
+    fn start_operator(&self, namespace: &str) -> Operator {
+        Operator::launch(Launch {
+            binary: self.operator.clone().into(),
+            args: ["--namespace", namespace, "--concurrency", "32"]
+                .map(String::from)
+                .to_vec(),
+            rust_log: "warn".to_string(),
+            log_name: None,
+        })
+    }
+
+    /// CPU seconds of the controller of `kind` so far.
+    fn controller_cpu(&self, kind: Kind, operator: Option<&Operator>) -> f64 {
+        match kind {
+            Kind::Job => self.controller_manager.map_or(0.0, cpu_seconds),
+            Kind::DataJob => operator.map_or(0.0, |o| cpu_seconds(o.pid())),
+        }
+    }
+
+    async fn stream_and_cancel(&self, kind: Kind, size: usize) -> (Measure, Measure) {
+        let namespace = TestNamespace::new(&self.client, "versus").await;
+        let ns = namespace.name().to_string();
+        let operator = (kind == Kind::DataJob).then(|| self.start_operator(&ns));
+        let names = names(size);
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &ns);
+        let datajobs: Api<DataJob> = Api::namespaced(self.client.clone(), &ns);
+        let (mut running, running_watch) = watch_running(kind, &jobs, &datajobs);
+        let (mut stopped, stopped_watch) = match kind {
+            Kind::Job => watch_pod_deletions(Api::namespaced(self.client.clone(), &ns)),
+            Kind::DataJob => watch_objects(datajobs.clone(), datajob_in("cancelled")),
+        };
+        let phase = Phase {
+            kind,
+            operator: operator.as_ref(),
+            namespace: &ns,
+            names: &names,
+        };
+        let stream = self
+            .measure(
+                &phase,
+                &mut running,
+                create_all(kind, &jobs, &datajobs, &names, false),
+            )
+            .await;
+        let storm = self
+            .measure(
+                &phase,
+                &mut stopped,
+                stop_all(kind, &jobs, &datajobs, &names),
+            )
+            .await;
+        running_watch.abort();
+        stopped_watch.abort();
+        namespace.cleanup().await;
+        // The operator releases the deleted DataJobs (their pods are gone) before it stops.
+        if operator.is_some() {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        drop(operator);
+        (stream, storm)
+    }
+
+    async fn backlog(&self, kind: Kind, size: usize) -> Measure {
+        let namespace = TestNamespace::new(&self.client, "versus").await;
+        let ns = namespace.name().to_string();
+        let names = names(size);
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &ns);
+        let datajobs: Api<DataJob> = Api::namespaced(self.client.clone(), &ns);
+        let (mut running, running_watch) = watch_running(kind, &jobs, &datajobs);
+        create_all(kind, &jobs, &datajobs, &names, true).await;
+        // Let the Job controller see the suspended Jobs (it records them Suspended).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mark = self.audit.mark();
+        let cpu_before = self.controller_cpu(kind, None);
+        let start = Instant::now();
+        let (operator, client) = match kind {
+            Kind::Job => {
+                each(&names, |name| {
+                    let jobs = jobs.clone();
+                    async move { suspend(&jobs, &name, false).await }
+                })
+                .await;
+                (None, start.elapsed())
+            }
+            Kind::DataJob => (Some(self.start_operator(&ns)), Duration::ZERO),
+        };
+        let reached = collect(&mut running, size, "running").await;
+        let wall = start.elapsed();
+        let cpu = match kind {
+            Kind::Job => self.controller_cpu(kind, None) - cpu_before,
+            Kind::DataJob => self.controller_cpu(kind, operator.as_ref()),
+        };
+        let starts: HashMap<String, Instant> = names.iter().map(|n| (n.clone(), start)).collect();
+        let measure = Measure {
+            client,
+            wall,
+            per_object: latencies(&names, &starts, &reached),
+            writes: self.audit.writes_since(mark, &ns).await,
+            cpu_seconds: cpu,
+            peak_rss_kib: operator.as_ref().map_or(0, Operator::peak_rss_kib),
+        };
+        running_watch.abort();
+        // Stop the pods too, so the cluster is quiet for the next scenario.
+        stop_all(kind, &jobs, &datajobs, &names).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        namespace.cleanup().await;
+        if operator.is_some() {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        drop(operator);
+        measure
+    }
+}
+
+/// Creates the N objects (Jobs suspended when `suspended`); returns when each create started.
+async fn create_all(
+    kind: Kind,
+    jobs: &Api<Job>,
+    datajobs: &Api<DataJob>,
+    names: &[String],
+    suspended: bool,
+) -> HashMap<String, Instant> {
+    each(names, |name| async move {
+        let params = PostParams::default();
+        let created = match kind {
+            Kind::Job => jobs
+                .create(&params, &job_manifest(&name, suspended))
+                .await
+                .map(drop),
+            Kind::DataJob => datajobs
+                .create(&params, &datajob_manifest(&name))
+                .await
+                .map(drop),
+        };
+        created.unwrap_or_else(|e| panic!("cannot create {kind:?} {name}: {e}"));
+    })
+    .await
+}
+
+/// Stops the N objects (Job `suspend`, DataJob `cancel`); returns when each request started.
+async fn stop_all(
+    kind: Kind,
+    jobs: &Api<Job>,
+    datajobs: &Api<DataJob>,
+    names: &[String],
+) -> HashMap<String, Instant> {
+    each(names, |name| async move {
+        match kind {
+            Kind::Job => suspend(jobs, &name, true).await,
+            Kind::DataJob => cancel(datajobs, &name, "benchmark").await,
+        }
+    })
+    .await
+}
+
+async fn suspend(jobs: &Api<Job>, name: &str, suspend: bool) {
+    let patch = json!({ "spec": { "suspend": suspend } });
+    jobs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("cannot patch Job {name}: {e}"));
+}
+
+fn percentile(values: &[Duration], p: f64) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The medians over runs of what a table row shows.
+struct Row {
+    client_s: f64,
+    wall_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    writes: f64,
+    conflicts: f64,
+    cpu_s: f64,
+    rss_mib: f64,
+}
+
+fn row(measures: &[Measure], actor: &str, size: usize) -> Row {
+    let m = |f: &dyn Fn(&Measure) -> f64| median(measures.iter().map(f).collect());
+    let n = size as f64;
+    Row {
+        client_s: m(&|x| x.client.as_secs_f64()),
+        wall_s: m(&|x| x.wall.as_secs_f64()),
+        p50_ms: m(&|x| percentile(&x.per_object, 0.5).as_secs_f64() * 1000.0),
+        p99_ms: m(&|x| percentile(&x.per_object, 0.99).as_secs_f64() * 1000.0),
+        writes: m(&|x| x.writes.total(actor) as f64 / n),
+        conflicts: m(&|x| x.writes.conflicts(actor) as f64 / n),
+        cpu_s: m(&|x| x.cpu_seconds),
+        rss_mib: m(&|x| x.peak_rss_kib as f64 / 1024.0),
+    }
+}
+
+fn print_tables(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, runs: usize) {
+    println!();
+    println!(
+        "Medians of {runs} run(s). Ratio = DataJob / Job (below 1: the operator is faster or writes less)."
+    );
+    println!();
+    println!(
+        "| N | scenario | client s Job / DataJob | all done s Job / DataJob (ratio) | p50 ms Job / DataJob | p99 ms Job / DataJob (ratio) | controller writes/object Job / DataJob (ratio) | 409s/object Job / DataJob | controller CPU s Job (whole KCM) / DataJob | operator peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut breakdowns = Vec::new();
+    for ((size, scenario, kind), measures) in results {
+        if *kind != Kind::Job {
+            continue;
+        }
+        let Some(ours) = results.get(&(*size, *scenario, Kind::DataJob)) else {
+            continue;
+        };
+        let j = row(measures, JOB_CONTROLLER, *size);
+        let d = row(ours, OPERATOR, *size);
+        println!(
+            "| {size} | {} | {:.1} / {:.1} | {:.1} / {:.1} ({:.2}) | {:.0} / {:.0} | {:.0} / {:.0} ({:.2}) | {:.2} / {:.2} ({:.2}) | {:.2} / {:.2} | {:.1} / {:.1} | {:.1} |",
+            scenario.name(),
+            j.client_s,
+            d.client_s,
+            j.wall_s,
+            d.wall_s,
+            d.wall_s / j.wall_s,
+            j.p50_ms,
+            d.p50_ms,
+            j.p99_ms,
+            d.p99_ms,
+            d.p99_ms / j.p99_ms,
+            j.writes,
+            d.writes,
+            d.writes / j.writes,
+            j.conflicts,
+            d.conflicts,
+            j.cpu_s,
+            d.cpu_s,
+            d.rss_mib,
+        );
+        // The first run's writes by verb and resource.
+        if let (Some(job_run), Some(our_run)) = (measures.first(), ours.first()) {
+            let mut lines = job_run.writes.breakdown(&[JOB_CONTROLLER], *size);
+            lines.extend(our_run.writes.breakdown(&[OPERATOR], *size));
+            breakdowns.push((*size, scenario.name(), lines));
+        }
+    }
+    println!();
+    println!("Controller writes per object by verb and resource (first run):");
+    for (size, scenario, lines) in breakdowns {
+        println!();
+        println!("N={size} {scenario}:");
+        for line in lines {
+            println!("  {line}");
+        }
+    }
+}
