@@ -9,7 +9,10 @@ pub mod api;
 pub mod executor;
 pub mod http;
 pub mod leader;
+pub mod plugin;
 pub mod reconcile;
+pub mod reference;
+pub mod startup;
 pub mod telemetry;
 
 /// Name of the operator: field manager of everything it writes, Event reporter, label value.

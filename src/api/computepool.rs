@@ -21,7 +21,7 @@ use super::condition::Condition;
     kind = "ComputePool",
     plural = "computepools",
     shortname = "cpool",
-    category = "datajob",
+    category = "datajob-all",
     status = "ComputePoolStatus",
     derive = "PartialEq",
     doc = "A compute pool: the nodes, executor defaults and concurrency limit for the DataJobs that name it.",

@@ -35,7 +35,7 @@ pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
     kind = "DataJob",
     plural = "datajobs",
     shortname = "dj",
-    category = "datajob",
+    category = "datajob-all",
     namespaced,
     status = "DataJobStatus",
     derive = "PartialEq",
