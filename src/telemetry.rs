@@ -79,15 +79,6 @@ impl std::fmt::Debug for JobsByState {
     }
 }
 
-const ALL_STATES: [JobState; 6] = [
-    JobState::Pending,
-    JobState::Running,
-    JobState::PendingCancellation,
-    JobState::Cancelled,
-    JobState::Completed,
-    JobState::Failed,
-];
-
 impl Collector for JobsByState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let source = self.source.read().unwrap_or_else(|e| e.into_inner());
@@ -96,7 +87,7 @@ impl Collector for JobsByState {
         };
         let counts = count();
         let family = Family::<StateLabels, Gauge>::default();
-        for state in ALL_STATES {
+        for state in JobState::ALL {
             family
                 .get_or_create(&StateLabels {
                     state: state.as_str().to_string(),

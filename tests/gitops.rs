@@ -182,17 +182,10 @@ fn fixtures_cover_every_state_and_generation_mismatches() {
         .filter(|(_, o, _)| !is_generation_mismatch(o))
         .filter_map(|(_, o, _)| o["status"]["state"].as_str().map(str::to_string))
         .collect();
-    let all: BTreeSet<String> = [
-        JobState::Pending,
-        JobState::Running,
-        JobState::PendingCancellation,
-        JobState::Cancelled,
-        JobState::Completed,
-        JobState::Failed,
-    ]
-    .iter()
-    .map(|s| s.as_str().to_string())
-    .collect();
+    let all: BTreeSet<String> = JobState::ALL
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
     assert_eq!(states, all);
     let mismatched: BTreeSet<String> = fixtures
         .iter()

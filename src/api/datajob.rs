@@ -242,6 +242,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 6] = [
+        JobState::Pending,
+        JobState::Running,
+        JobState::PendingCancellation,
+        JobState::Cancelled,
+        JobState::Completed,
+        JobState::Failed,
+    ];
+
     /// Whether the state is final: nothing changes it any more.
     pub fn is_terminal(self) -> bool {
         matches!(
