@@ -10,6 +10,7 @@ pub mod executor;
 pub mod http;
 pub mod leader;
 pub mod plugin;
+pub mod probe;
 pub mod reconcile;
 pub mod reference;
 pub mod startup;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use datajob_operator::leader::LeaderElector;
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
-use datajob_operator::{api, http, reconcile, reference, startup};
+use datajob_operator::{api, http, probe, reconcile, reference, startup};
 use tracing::{error, info};
 
 /// How logging is configured, shown in `--help`.
@@ -44,6 +44,15 @@ enum Command {
     Crd,
     /// Print the API reference (Markdown) generated from the CRDs.
     ApiReference,
+    /// GET a URL and succeed on status 200 (the Helm chart's `helm test` runs it against
+    /// /readyz).
+    Probe {
+        /// The URL, http:// only.
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_seconds: u64,
+    },
     /// Run the controller (the default).
     #[command(after_help = LOGGING_HELP)]
     Run(RunArgs),
@@ -100,6 +109,19 @@ async fn main() -> ExitCode {
     match cli.command {
         Some(Command::Crd) => print_crds(),
         Some(Command::ApiReference) => print_api_reference(),
+        Some(Command::Probe {
+            url,
+            timeout_seconds,
+        }) => match probe::probe(&url, Duration::from_secs(timeout_seconds)).await {
+            Ok(body) => {
+                println!("{url}: {body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("probe failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Run(args)) => run(args).await,
         None => run(cli.run).await,
     }

@@ -324,25 +324,296 @@ fn allows(grants: &Grants, group: &str, resource: &str, verb: &str) -> bool {
 
 // --- offline tests ----------------------------------------------------------------------------
 
+/// A rendered CRD without what the chart adds (Helm labels, the keep annotation).
+fn without_chart_metadata(mut crd: serde_yaml::Value) -> serde_yaml::Value {
+    let metadata = crd
+        .get_mut("metadata")
+        .and_then(|m| m.as_mapping_mut())
+        .expect("metadata");
+    metadata.remove("labels");
+    metadata.remove("annotations");
+    crd
+}
+
+fn rendered_crds(sets: &[&str]) -> Vec<serde_yaml::Value> {
+    render(sets)
+        .into_iter()
+        .filter(|d| kind_of(d) == "CustomResourceDefinition")
+        .collect()
+}
+
 #[test]
 fn chart_crds_are_the_generated_crds() {
     let generated = datajob_operator::api::crds_yaml().expect("CRDs render");
-    let path = Path::new(CHART).join("crds/datajob-operator.yaml");
+    let path = Path::new(CHART).join("files/crds.yaml");
     let in_chart = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     assert!(
         generated == in_chart,
-        "charts/datajob-operator/crds/datajob-operator.yaml is stale; regenerate it with \
-         `cargo run -q -- crd > charts/datajob-operator/crds/datajob-operator.yaml`"
+        "charts/datajob-operator/files/crds.yaml is stale; regenerate it with \
+         `cargo run -q -- crd > charts/datajob-operator/files/crds.yaml`"
     );
-    let entries: Vec<_> = std::fs::read_dir(Path::new(CHART).join("crds"))
-        .expect("crds/ is readable")
-        .map(|e| e.expect("crds/ entry").file_name())
+    assert!(
+        !Path::new(CHART).join("crds").exists(),
+        "the chart's CRDs are templates (templates/crds.yaml), not crds/, which Helm never upgrades"
+    );
+    // What the templates render is exactly the generated CRDs, plus the chart's metadata
+    // (Helm's YAML round trip turns 0.0 into 0: numbers are compared as numbers).
+    let rendered: Vec<serde_json::Value> = rendered_crds(&[])
+        .into_iter()
+        .map(|crd| numbers_as_floats(serde_json::to_value(without_chart_metadata(crd)).unwrap()))
         .collect();
+    let generated: Vec<serde_json::Value> = yaml_documents(&generated)
+        .into_iter()
+        .map(|crd| numbers_as_floats(serde_json::to_value(crd).unwrap()))
+        .collect();
+    assert!(
+        rendered == generated,
+        "templates/crds.yaml does not render files/crds.yaml faithfully"
+    );
+}
+
+fn numbers_as_floats(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => json!(n.as_f64().expect("a finite number")),
+        Value::Array(items) => Value::Array(items.into_iter().map(numbers_as_floats).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, numbers_as_floats(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[test]
+fn crds_are_kept_on_uninstall_unless_asked_and_can_be_left_out() {
+    for crd in rendered_crds(&[]) {
+        let annotations = &crd["metadata"]["annotations"];
+        assert_eq!(annotations["helm.sh/resource-policy"], "keep", "{crd:?}");
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
+    }
+    for crd in rendered_crds(&["crds.keep=false"]) {
+        assert!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"].is_null(),
+            "{crd:?}"
+        );
+    }
+    assert!(rendered_crds(&["crds.enabled=false"]).is_empty());
+    assert_eq!(rendered_crds(&["crds.annotations.team=data"]).len(), 2);
+    for crd in rendered_crds(&["crds.annotations.team=data"]) {
+        assert_eq!(crd["metadata"]["annotations"]["team"], "data");
+    }
+}
+
+/// Every object schema of values.schema.json is closed: additionalProperties is false, or a
+/// schema for the values of a free-form map (labels, annotations, quantities).
+#[test]
+fn values_schema_rejects_unknown_keys_everywhere() {
+    fn walk(path: &str, node: &serde_json::Value, open: &mut Vec<String>) {
+        let Some(map) = node.as_object() else { return };
+        let is_object = map.get("type") == Some(&json!("object"));
+        if is_object && !map.contains_key("additionalProperties") {
+            open.push(path.to_string());
+        }
+        if map.contains_key("properties") && map.get("additionalProperties") != Some(&json!(false))
+        {
+            open.push(format!("{path} (has properties)"));
+        }
+        for (key, child) in map
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .into_iter()
+            .flatten()
+        {
+            walk(&format!("{path}.{key}"), child, open);
+        }
+        if let Some(items) = map.get("items") {
+            walk(&format!("{path}[]"), items, open);
+        }
+        if let Some(values) = map.get("additionalProperties").filter(|v| v.is_object()) {
+            walk(&format!("{path}.*"), values, open);
+        }
+    }
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(CHART).join("values.schema.json")).expect("schema"),
+    )
+    .expect("JSON");
+    let mut open = Vec::new();
+    walk("", &schema, &mut open);
+    assert!(
+        open.is_empty(),
+        "open objects in values.schema.json: {open:?}"
+    );
+
+    // Each top-level key of values.yaml is in the schema, and the defaults pass it.
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(CHART).join("values.yaml")).expect("values"),
+    )
+    .expect("YAML");
+    for key in values.as_mapping().expect("a mapping").keys() {
+        let key = key.as_str().expect("string key");
+        assert!(
+            schema["properties"].get(key).is_some(),
+            "{key} is not in the schema"
+        );
+    }
+    helm_ok(&["lint", "--strict", CHART]);
+}
+
+#[test]
+fn unknown_and_misspelt_values_fail_and_new_ones_work() {
+    for set in [
+        "replicaCount=2",
+        "image.digset=sha256:0",
+        "metrics.service.enable=true",
+        "crds.keepp=true",
+        "securityContext.runAsUsr=1",
+        "podDisruptionBudget.maxUnavailble=1",
+        "image.digest=latest",
+    ] {
+        let out = helm(&["lint", CHART, "--set", set]);
+        assert!(
+            !out.status.success(),
+            "helm lint --set {set} must fail the values schema"
+        );
+    }
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let docs = render(&[&format!("image.digest={digest}"), "image.tag=9.9.9"]);
+    let image = the_deployment(&docs)
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].image.clone().unwrap_or_default())
+        .expect("container image");
     assert_eq!(
-        entries,
-        ["datajob-operator.yaml"],
-        "crds/ holds the generated file only"
+        image,
+        format!("ghcr.io/datajob-dev/datajob-operator@{digest}")
+    );
+}
+
+#[test]
+fn service_monitor_and_pod_disruption_budget_are_optional() {
+    let docs = render(&[]);
+    for kind in ["ServiceMonitor", "PodDisruptionBudget"] {
+        assert!(
+            docs.iter().all(|d| kind_of(d) != kind),
+            "{kind} is off by default"
+        );
+    }
+    let docs = render(&[
+        "serviceMonitor.enabled=true",
+        "serviceMonitor.interval=30s",
+        "serviceMonitor.labels.release=prometheus",
+        "podDisruptionBudget.enabled=true",
+        "replicas=2",
+    ]);
+    let monitor = docs
+        .iter()
+        .find(|d| kind_of(d) == "ServiceMonitor")
+        .expect("a ServiceMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "http-metrics");
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "30s");
+    // It selects the metrics Service, whose port it names.
+    let service = docs
+        .iter()
+        .find(|d| kind_of(d) == "Service")
+        .expect("the metrics Service");
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("labels")
+    {
+        assert_eq!(&service["metadata"]["labels"][key], value, "{key:?}");
+    }
+    assert_eq!(service["spec"]["ports"][0]["name"], "http-metrics");
+
+    let pdb = docs
+        .iter()
+        .find(|d| kind_of(d) == "PodDisruptionBudget")
+        .expect("a PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let deployment = docs
+        .iter()
+        .find(|d| kind_of(d) == "Deployment")
+        .expect("deployment");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let docs = render(&[
+        "podDisruptionBudget.enabled=true",
+        "podDisruptionBudget.minAvailable=1",
+    ]);
+    let pdb = docs
+        .iter()
+        .find(|d| kind_of(d) == "PodDisruptionBudget")
+        .expect("pdb");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert!(pdb["spec"]["maxUnavailable"].is_null());
+    // A ServiceMonitor needs the Service.
+    let out = helm(&[
+        "template",
+        "rel",
+        CHART,
+        "--kube-version",
+        KUBE_VERSION,
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "metrics.service.enabled=false",
+    ]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn helm_test_hook_probes_readyz_through_the_metrics_service() {
+    let docs = render(&[]);
+    let pods = objects::<k8s_openapi::api::core::v1::Pod>(&docs, "Pod");
+    assert_eq!(pods.len(), 1, "one test pod");
+    let pod = &pods[0];
+    let annotations = pod.annotations();
+    assert_eq!(
+        annotations.get("helm.sh/hook").map(String::as_str),
+        Some("test")
+    );
+    let spec = pod.spec.as_ref().expect("spec");
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let container = &spec.containers[0];
+    assert_eq!(
+        container.args.as_deref(),
+        Some(
+            &[
+                "probe".to_string(),
+                format!("http://rel-datajob-operator-metrics.{RELEASE_NAMESPACE}.svc:8080/readyz"),
+            ][..]
+        )
+    );
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/datajob-dev/datajob-operator:0.1.0"),
+        "the operator's own image"
+    );
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert!(
+        render(&["tests.enabled=false"])
+            .iter()
+            .all(|d| kind_of(d) != "Pod")
+    );
+    assert!(
+        render(&["metrics.service.enabled=false"])
+            .iter()
+            .all(|d| kind_of(d) != "Pod")
     );
 }
 
@@ -969,6 +1240,10 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         "--namespace",
         &namespace,
         "--create-namespace",
+        // The CRDs are the test suite's (tests install them); the lifecycle test owns the
+        // chart's CRD templates.
+        "--set",
+        "crds.enabled=false",
         "--set",
         &format!("rbac.aggregatedRoles.viewName={view_role}"),
         "--set",
@@ -978,7 +1253,7 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         "120s",
     ]);
 
-    // The CRDs (crds/ of the chart, or already there from an earlier install) are served.
+    // The CRDs (installed by the test suite) are served.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in ["datajobs.datajob.dev", "computepools.datajob.dev"] {
         let crd = crds
@@ -1202,7 +1477,7 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         .await
         .expect("delete the test DataJob");
     drop(installed);
-    // helm never deletes crds/: the CRDs other tests use are still there.
+    // This release did not manage the CRDs: the ones other tests use are still there.
     for name in ["datajobs.datajob.dev", "computepools.datajob.dev"] {
         crds.get(name)
             .await

@@ -136,3 +136,39 @@ async fn metrics_are_openmetrics_with_jobs_by_state_leader_and_build_info() {
     }
     server.abort();
 }
+
+/// `datajob-operator probe URL`, what the chart's `helm test` hook runs: 0 on 200, 1 otherwise.
+#[tokio::test]
+async fn probe_subcommand_succeeds_only_when_ready() {
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        ready: ready.clone(),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let (addr, server) = serve("127.0.0.1:0".parse().expect("addr"), health)
+        .await
+        .expect("bind");
+    let server = tokio::spawn(server);
+    let url = format!("http://{addr}/readyz");
+    let probe = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_datajob-operator"))
+                .args(["probe", &url])
+                .output()
+                .expect("probe runs")
+        })
+    };
+    let out = probe(url.clone()).await.expect("join");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("answered 503: caches not synced"),
+        "{out:?}"
+    );
+    ready.store(true, Ordering::Relaxed);
+    let out = probe(url).await.expect("join");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    server.abort();
+    // Nothing listening: a clear failure.
+    let out = probe(format!("http://{addr}/readyz")).await.expect("join");
+    assert_eq!(out.status.code(), Some(1));
+}
