@@ -1495,3 +1495,315 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         );
     }
 }
+
+// --- the release lifecycle on the cluster -----------------------------------------------------
+
+const CRD_NAMES: [&str; 2] = ["datajobs.datajob.dev", "computepools.datajob.dev"];
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The chart as a next version would ship it: chart version `version`, and a DataJob CRD with
+/// one more (optional) field and printer column.
+fn next_chart_version(version: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("helm-lifecycle")
+        .join(format!("chart-{version}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(Path::new(CHART), &dir);
+    let chart_yaml = dir.join("Chart.yaml");
+    let chart = std::fs::read_to_string(&chart_yaml).expect("Chart.yaml");
+    std::fs::write(
+        &chart_yaml,
+        chart.replace("version: 0.1.0", &format!("version: {version}")),
+    )
+    .expect("write Chart.yaml");
+    let crds_path = dir.join("files/crds.yaml");
+    let mut out = String::new();
+    for mut crd in yaml_documents(&std::fs::read_to_string(&crds_path).expect("crds")) {
+        if crd["metadata"]["name"] == "datajobs.datajob.dev" {
+            let version = &mut crd["spec"]["versions"][0];
+            version["additionalPrinterColumns"]
+                .as_sequence_mut()
+                .expect("columns")
+                .push(
+                    serde_yaml::from_str(
+                        "{name: Priority, type: integer, jsonPath: .spec.priority}",
+                    )
+                    .unwrap(),
+                );
+            version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+                .as_mapping_mut()
+                .expect("spec properties")
+                .insert(
+                    "priority".into(),
+                    serde_yaml::from_str(
+                        "{type: integer, description: Added by the next chart version.}",
+                    )
+                    .unwrap(),
+                );
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("YAML"));
+    }
+    std::fs::write(&crds_path, out).expect("write crds");
+    dir
+}
+
+/// Whether the served DataJob CRD has the field the next chart version adds.
+async fn crd_has_priority(client: &Client) -> bool {
+    let crd = Api::<CustomResourceDefinition>::all(client.clone())
+        .get("datajobs.datajob.dev")
+        .await
+        .expect("the DataJob CRD");
+    let version = &crd.spec.versions[0];
+    let column = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .any(|c| c.name == "Priority");
+    let field = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| s.properties.as_ref())
+        .and_then(|p| p.get("spec"))
+        .and_then(|s| s.properties.as_ref())
+        .is_some_and(|p| p.contains_key("priority"));
+    assert_eq!(
+        column, field,
+        "the column and the field come and go together"
+    );
+    column
+}
+
+fn operator_image(deployment: &Deployment) -> String {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers[0].image.clone())
+        .expect("image")
+}
+
+/// Marks (or, with `adopt` false, unmarks) the suite's CRDs as the release's, as docs/helm.md
+/// tells users who installed them from crds/ before.
+fn adopt_crds(release: &str, namespace: &str, adopt: bool) {
+    for crd in CRD_NAMES {
+        let (annotations, label) = if adopt {
+            (
+                vec![
+                    format!("meta.helm.sh/release-name={release}"),
+                    format!("meta.helm.sh/release-namespace={namespace}"),
+                ],
+                "app.kubernetes.io/managed-by=Helm".to_string(),
+            )
+        } else {
+            (
+                vec![
+                    "meta.helm.sh/release-name-".to_string(),
+                    "meta.helm.sh/release-namespace-".to_string(),
+                    "helm.sh/resource-policy-".to_string(),
+                ],
+                "app.kubernetes.io/managed-by-".to_string(),
+            )
+        };
+        for args in [
+            [
+                vec!["annotate", "--overwrite", "crd", crd],
+                annotations.iter().map(String::as_str).collect(),
+            ]
+            .concat(),
+            vec!["label", "--overwrite", "crd", crd, &label],
+        ] {
+            let out = common::kubectl().args(&args).output().expect("kubectl");
+            assert!(
+                out.status.success(),
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn helm_install_upgrade_with_a_crd_change_rollback_test_and_uninstall() {
+    let client = common::admin_client().await;
+    // The suite's CRDs exist (other tests need them all along): this release adopts them.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in CRD_NAMES {
+        if crds.get_opt(name).await.expect("get CRD").is_none() {
+            let generated = datajob_operator::api::crds_yaml().expect("CRDs");
+            let mut apply = common::kubectl();
+            apply
+                .args(["apply", "--server-side", "-f", "-"])
+                .stdin(std::process::Stdio::piped());
+            let mut child = apply.spawn().expect("kubectl");
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(generated.as_bytes())
+                .unwrap();
+            assert!(child.wait().expect("kubectl").success());
+        }
+        common::wait_established(&client, name, Duration::from_secs(60)).await;
+    }
+    let namespace = common::TestNamespace::new(&client, "helm-life")
+        .await
+        .name()
+        .to_string();
+    let release = namespace.clone();
+    let _installed = Installed {
+        release: release.clone(),
+        namespace: namespace.clone(),
+        cluster_role_bindings: Vec::new(),
+    };
+    adopt_crds(&release, &namespace, true);
+    // kwok simulates pods: this annotation makes its stage end the test pod with exit code 0.
+    let test_pod_exits =
+        |code: u8| format!("tests.podAnnotations.sim\\.datajob\\.dev/exit-code={code}");
+    let common_sets = [
+        "rbac.aggregatedRoles.create=false".to_string(),
+        test_pod_exits(0),
+    ];
+    let with_sets = |mut args: Vec<String>, extra: &[String]| {
+        for set in common_sets.iter().chain(extra) {
+            // Annotation values are strings, whatever they look like.
+            let flag = if set.starts_with("tests.podAnnotations") {
+                "--set-string"
+            } else {
+                "--set"
+            };
+            args.push(flag.into());
+            args.push(set.clone());
+        }
+        args
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        helm_ok(&args)
+    };
+    let ns_args = |verb: &str, chart: Option<&str>| {
+        let mut args = vec![verb.to_string(), release.clone()];
+        args.extend(chart.map(str::to_string));
+        args.extend(["--namespace".into(), namespace.clone()]);
+        args
+    };
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let fullname = format!("{release}-datajob-operator");
+
+    // 1: install; the CRDs are the release's now, marked keep.
+    let mut install = with_sets(ns_args("install", Some(CHART)), &[]);
+    install.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    run(install);
+    assert!(!crd_has_priority(&client).await);
+    let crd = crds.get("datajobs.datajob.dev").await.expect("CRD");
+    assert_eq!(
+        crd.annotations()
+            .get("helm.sh/resource-policy")
+            .map(String::as_str),
+        Some("keep")
+    );
+    assert_eq!(
+        crd.annotations().get("meta.helm.sh/release-name"),
+        Some(&release)
+    );
+    let image = operator_image(&deployments.get(&fullname).await.expect("deployment"));
+    assert_eq!(image, "ghcr.io/datajob-dev/datajob-operator:0.1.0");
+
+    // helm test: the hook pod runs to completion (on kwok: simulated; see docs/helm.md).
+    let mut test = ns_args("test", None);
+    test.extend(["--timeout".into(), "120s".into()]);
+    let out = run(test.clone());
+    assert!(
+        out.contains("Phase:          Succeeded") || out.contains("Succeeded"),
+        "{out}"
+    );
+
+    // 2: upgrade to a chart whose CRD has a new field: helm upgrade changes the served CRD.
+    let next = next_chart_version("0.1.1-test");
+    let mut upgrade = with_sets(
+        ns_args("upgrade", Some(next.to_str().expect("utf-8"))),
+        &["image.tag=0.1.1-test".to_string()],
+    );
+    upgrade.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    run(upgrade);
+    assert!(
+        crd_has_priority(&client).await,
+        "helm upgrade upgraded the CRD"
+    );
+    let image = operator_image(&deployments.get(&fullname).await.expect("deployment"));
+    assert_eq!(image, "ghcr.io/datajob-dev/datajob-operator:0.1.1-test");
+    // The new field is served: kubectl explain knows it.
+    let explain = common::kubectl()
+        .args(["explain", "datajob.spec.priority"])
+        .output()
+        .expect("kubectl explain");
+    assert!(
+        String::from_utf8_lossy(&explain.stdout).contains("Added by the next chart version"),
+        "{}",
+        String::from_utf8_lossy(&explain.stderr)
+    );
+
+    // 3: rollback to revision 1: the CRD and the Deployment are back.
+    let mut rollback = ns_args("rollback", None);
+    rollback.extend([
+        "1".into(),
+        "--wait".into(),
+        "--timeout".into(),
+        "120s".into(),
+    ]);
+    run(rollback);
+    assert!(
+        !crd_has_priority(&client).await,
+        "rollback restored the CRD"
+    );
+    let image = operator_image(&deployments.get(&fullname).await.expect("deployment"));
+    assert_eq!(image, "ghcr.io/datajob-dev/datajob-operator:0.1.0");
+
+    // 4: a test pod that fails makes `helm test` fail.
+    let mut failing = with_sets(ns_args("upgrade", Some(CHART)), &[test_pod_exits(1)]);
+    failing.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    run(failing);
+    let test_args: Vec<&str> = test.iter().map(String::as_str).collect();
+    let out = helm(&test_args);
+    assert!(
+        !out.status.success(),
+        "helm test must fail when the probe fails: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let history = run(ns_args("history", None));
+    assert_eq!(
+        history.lines().skip(1).count(),
+        4,
+        "install, upgrade, rollback, upgrade:\n{history}"
+    );
+
+    // uninstall: the operator goes, the CRDs (keep) and so every DataJob stay.
+    let mut uninstall = ns_args("uninstall", None);
+    uninstall.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    run(uninstall);
+    assert!(
+        deployments.get_opt(&fullname).await.expect("get").is_none(),
+        "the Deployment goes with the release"
+    );
+    for name in CRD_NAMES {
+        crds.get(name)
+            .await
+            .unwrap_or_else(|e| panic!("CRD {name} must be kept on uninstall: {e}"));
+    }
+    // Give the CRDs back to the test suite.
+    adopt_crds(&release, &namespace, false);
+}
