@@ -1600,22 +1600,35 @@ fn operator_image(deployment: &Deployment) -> String {
 /// tells users who installed them from crds/ before.
 fn adopt_crds(release: &str, namespace: &str, adopt: bool) {
     for crd in CRD_NAMES {
-        let (annotations, label) = if adopt {
+        let (annotations, labels): (Vec<String>, Vec<String>) = if adopt {
             (
                 vec![
                     format!("meta.helm.sh/release-name={release}"),
                     format!("meta.helm.sh/release-namespace={namespace}"),
                 ],
-                "app.kubernetes.io/managed-by=Helm".to_string(),
+                vec!["app.kubernetes.io/managed-by=Helm".to_string()],
             )
         } else {
             (
-                vec![
-                    "meta.helm.sh/release-name-".to_string(),
-                    "meta.helm.sh/release-namespace-".to_string(),
-                    "helm.sh/resource-policy-".to_string(),
-                ],
-                "app.kubernetes.io/managed-by-".to_string(),
+                [
+                    "meta.helm.sh/release-name",
+                    "meta.helm.sh/release-namespace",
+                    "helm.sh/resource-policy",
+                ]
+                .iter()
+                .map(|a| format!("{a}-"))
+                .collect(),
+                [
+                    "app.kubernetes.io/managed-by",
+                    "app.kubernetes.io/instance",
+                    "app.kubernetes.io/name",
+                    "app.kubernetes.io/part-of",
+                    "app.kubernetes.io/version",
+                    "helm.sh/chart",
+                ]
+                .iter()
+                .map(|l| format!("{l}-"))
+                .collect(),
             )
         };
         for args in [
@@ -1624,7 +1637,11 @@ fn adopt_crds(release: &str, namespace: &str, adopt: bool) {
                 annotations.iter().map(String::as_str).collect(),
             ]
             .concat(),
-            vec!["label", "--overwrite", "crd", crd, &label],
+            [
+                vec!["label", "--overwrite", "crd", crd],
+                labels.iter().map(String::as_str).collect(),
+            ]
+            .concat(),
         ] {
             let out = common::kubectl().args(&args).output().expect("kubectl");
             assert!(
