@@ -374,3 +374,63 @@ async fn server_side_apply_then_cancel_from_git_then_reapply_changes_nothing() {
     assert_eq!(flux[2].status, "Current", "{:?}", flux[2]);
     ns.cleanup().await;
 }
+
+/// The docs' command that puts health.lua into argocd-cm, run against a ConfigMap of that name
+/// (in a test namespace instead of `argocd`): the key holds the file, byte for byte, and other
+/// keys stay.
+#[tokio::test]
+async fn docs_command_installs_the_health_check_into_argocd_cm() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let client = common::admin_client().await;
+    let ns = common::TestNamespace::new(&client, "argocd-cm").await;
+    let docs = std::fs::read_to_string(Path::new(ROOT).join("docs/gitops.md")).expect("docs");
+    let section = docs.split("## Argo CD").nth(1).expect("Argo CD section");
+    let command = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the install command")
+        .replace("-n argocd", &format!("-n {}", ns.name()));
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    let existing: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "argocd-cm" },
+        "data": { "url": "https://argocd.example.com" }
+    }))
+    .expect("ConfigMap");
+    configmaps
+        .create(&Default::default(), &existing)
+        .await
+        .expect("create argocd-cm");
+    let kubectl_dir = std::env::var("DATAJOB_KUBECTL")
+        .ok()
+        .and_then(|k| Path::new(&k).parent().map(Path::to_path_buf));
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(dir) = kubectl_dir {
+        path = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&path)))
+            .expect("PATH");
+    }
+    let out = Command::new("bash")
+        .args(["-ec", &command])
+        .current_dir(ROOT)
+        .env("PATH", path)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{command}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cm = configmaps.get("argocd-cm").await.expect("argocd-cm");
+    let data = cm.data.expect("data");
+    let script = std::fs::read_to_string(Path::new(ROOT).join(CUSTOMIZATION).join("health.lua"))
+        .expect("health.lua");
+    assert_eq!(
+        data.get("resource.customizations.health.datajob.dev_DataJob"),
+        Some(&script)
+    );
+    assert_eq!(
+        data.get("url").map(String::as_str),
+        Some("https://argocd.example.com")
+    );
+    ns.cleanup().await;
+}

@@ -293,3 +293,44 @@ fn text_logs_are_coloured_only_on_a_terminal_without_no_color() {
     assert!(coloured_on_a_terminal(false), "a terminal gets colours");
     assert!(!coloured_on_a_terminal(true), "NO_COLOR turns them off");
 }
+
+/// The flag table of docs/user-guide.md is what `run --help` says: every flag with its
+/// environment variable, and nothing else.
+#[test]
+fn user_guide_flag_table_matches_the_binary() {
+    let out = Command::new(BINARY)
+        .args(["run", "--help"])
+        .output()
+        .expect("run --help");
+    let help = String::from_utf8(out.stdout).expect("utf-8");
+    let mut from_help: Vec<(String, String)> = help
+        .split("\n      --")
+        .skip(1)
+        .filter_map(|block| {
+            let flag = block.split_whitespace().next()?.to_string();
+            let env = block.split("[env: ").nth(1)?.split('=').next()?.to_string();
+            Some((format!("--{flag}"), env))
+        })
+        .collect();
+    from_help.sort();
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/user-guide.md"))
+        .expect("user guide");
+    let mut from_guide: Vec<(String, String)> = guide
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|l| {
+            let row = l.replace("\\|", "/");
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let flag = cells[1]
+                .trim_matches('`')
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches('`')
+                .to_string();
+            (flag, cells[2].trim_matches('`').to_string())
+        })
+        .collect();
+    from_guide.sort();
+    assert_eq!(from_guide, from_help);
+}
