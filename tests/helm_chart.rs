@@ -38,6 +38,8 @@ const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 /// `helm template` assumes Kubernetes 1.20 unless told; the chart requires >= 1.32.
 const KUBE_VERSION: &str = "1.33.0";
 const RELEASE_NAMESPACE: &str = "datajob-system";
+/// How long SubjectAccessReviews may take to reflect new roles and bindings.
+const RBAC_SETTLE: Duration = Duration::from_secs(60);
 
 // --- helm -------------------------------------------------------------------------------------
 
@@ -1349,7 +1351,8 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
                 None,
             ),
         ],
-        Duration::ZERO,
+        // The API server's RBAC authorizer learns of new bindings from a watch: asynchronous.
+        RBAC_SETTLE,
     )
     .await;
 
@@ -1375,7 +1378,8 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
             ask("patch", "datajob.dev", "computepools", None),
             ask("get", "", "secrets", here),
         ],
-        Duration::ZERO,
+        // The API server's RBAC authorizer learns of new bindings from a watch: asynchronous.
+        RBAC_SETTLE,
     )
     .await;
     expect_access(
@@ -1393,7 +1397,8 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
             ask("create", "datajob.dev", "datajobs", here),
             ask("delete", "datajob.dev", "datajobs", here),
         ],
-        Duration::ZERO,
+        // The API server's RBAC authorizer learns of new bindings from a watch: asynchronous.
+        RBAC_SETTLE,
     )
     .await;
 
