@@ -66,6 +66,23 @@ struct ErrorLabels {
 /// cache).
 pub type JobCounter = Box<dyn Fn() -> HashMap<JobState, i64> + Send + Sync>;
 
+/// A [`JobCounter`] over a reflector store of DataJobs (the controller's cache); jobs without a
+/// state yet count as `pending`.
+pub fn count_jobs_in(store: kube::runtime::reflector::Store<crate::api::DataJob>) -> JobCounter {
+    Box::new(move || {
+        let mut counts = HashMap::new();
+        for job in store.state() {
+            let state = job
+                .status
+                .as_ref()
+                .and_then(|s| s.state)
+                .unwrap_or(JobState::Pending);
+            *counts.entry(state).or_insert(0) += 1;
+        }
+        counts
+    })
+}
+
 /// The `jobs` gauge: computed on every scrape from the installed [`JobCounter`]; empty until
 /// one is installed.
 #[derive(Clone, Default)]

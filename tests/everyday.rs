@@ -720,3 +720,95 @@ async fn readme_using_it_block_works_as_typed() {
         .await;
     ns.cleanup().await;
 }
+
+// --- metrics of a real operator process -------------------------------------------------------
+
+/// GET `path` from `addr`; the body, or None when nothing answers yet.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// Scrapes `/metrics` until `want` holds for the text; panics with the last scrape.
+fn scrape_until(addr: &str, what: &str, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + STEP;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some(text) = http_get(addr, "/metrics") {
+            if want(&text) {
+                return text;
+            }
+            last = text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("/metrics never showed {what}; last scrape:\n{last}");
+}
+
+#[tokio::test]
+async fn a_running_operator_exports_leader_jobs_by_state_and_build_info() {
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "metrics").await;
+    let n = ns.name();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("metrics-{n}.log"));
+    let log = std::fs::File::create(&log).expect("log");
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_datajob-operator"))
+        .args([
+            "run",
+            "--namespace",
+            n,
+            "--http-addr",
+            &addr,
+            "--executor-image",
+            "registry.example/datajob-executor:e2e",
+            "--leader-election",
+            "--lease-namespace",
+            n,
+            "--lease-name",
+            "metrics-test",
+        ])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("operator");
+    let text = scrape_until(&addr, "leadership", |t| {
+        t.contains("datajob_operator_leader 1\n")
+    });
+    let build = format!(
+        "datajob_operator_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&build), "{text}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text: {text}");
+    let head = http_get(&addr, "/metrics").expect("scrape");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+
+    running(&client, n, "counted").await;
+    scrape_until(&addr, "one running job", |t| {
+        t.contains("datajob_operator_jobs{state=\"running\"} 1\n")
+            && t.contains("datajob_operator_jobs{state=\"pending\"} 0\n")
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &operator.id().to_string()])
+        .status();
+    let _ = operator.wait();
+    ns.cleanup().await;
+}

@@ -136,6 +136,7 @@ pub async fn run(
     let (wake, wake_stream) = mpsc::unbounded();
     let controller = Controller::new(jobs_api, job_watch);
     let jobs = controller.store();
+    metrics.count_jobs_with(crate::telemetry::count_jobs_in(jobs.clone()));
     let jobs_for_pools = jobs.clone();
     let reporter = Reporter {
         controller: crate::OPERATOR_NAME.to_string(),
