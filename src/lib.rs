@@ -13,6 +13,10 @@ pub mod domain;
 pub mod executor;
 pub mod http;
 pub mod leader;
+pub mod plugin;
+pub mod probe;
+pub mod reference;
+pub mod startup;
 pub mod telemetry;
 
 /// Name of the operator: field manager of everything it writes, Event reporter, label value.

@@ -9,18 +9,31 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use datajob_operator::leader::LeaderElector;
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
-use datajob_operator::{api, controller, http};
+use datajob_operator::{api, controller, http, probe, reference, startup};
 use tracing::{error, info};
+
+/// How logging is configured, shown in `--help`.
+const LOGGING_HELP: &str = "\
+Logging:
+  RUST_LOG   log filter (tracing-subscriber EnvFilter syntax), default `info`;
+             e.g. RUST_LOG=datajob_operator=debug,kube=info
+  NO_COLOR   set to any value for text logs without colour codes (text logs are plain
+             anyway when stdout is not a terminal)
+
+Every flag can also be set through the environment variable shown beside it.";
 
 #[derive(Parser)]
 #[command(
     name = "datajob-operator",
     version,
-    about = "Runs and cancels DataJobs on Kubernetes"
+    about = "Runs and cancels DataJobs on Kubernetes",
+    args_conflicts_with_subcommands = true,
+    after_help = LOGGING_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Flags of `run`, also accepted without the subcommand.
     #[command(flatten)]
     run: RunArgs,
 }
@@ -29,17 +42,29 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Print the API reference (Markdown) generated from the CRDs.
+    ApiReference,
+    /// GET a URL and succeed on status 200 (the Helm chart's `helm test` runs it against
+    /// /readyz).
+    Probe {
+        /// The URL, http:// only.
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_seconds: u64,
+    },
     /// Run the controller (the default).
-    Run,
+    #[command(after_help = LOGGING_HELP)]
+    Run(RunArgs),
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
     /// Namespace to watch; all namespaces when unset.
-    #[arg(long, global = true, env = "DATAJOB_NAMESPACE")]
+    #[arg(long, env = "DATAJOB_NAMESPACE")]
     namespace: Option<String>,
     /// Only reconcile DataJobs of this data plane.
-    #[arg(long, global = true, env = "DATAJOB_DATA_PLANE")]
+    #[arg(long, env = "DATAJOB_DATA_PLANE")]
     data_plane: Option<String>,
     /// Executor image when neither the job nor its pool sets one.
     #[arg(
@@ -58,40 +83,33 @@ struct RunArgs {
     )]
     allowed_image_prefixes: Vec<String>,
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "DATAJOB_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     /// Reconciles running at once.
-    #[arg(long, global = true, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
     /// Address of the /metrics, /healthz and /readyz endpoints (port 0 picks a free one).
-    #[arg(
-        long,
-        global = true,
-        env = "DATAJOB_HTTP_ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, env = "DATAJOB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
     /// This instance's name in events and in the leader Lease (default: host name and pid).
-    #[arg(long, global = true, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
     /// Elect a leader on a Lease so that only one replica reconciles.
-    #[arg(long, global = true, env = "DATAJOB_LEADER_ELECTION")]
+    #[arg(long, env = "DATAJOB_LEADER_ELECTION")]
     leader_election: bool,
     /// Namespace of the leader Lease.
-    #[arg(long, global = true, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// Name of the leader Lease.
-    #[arg(long, global = true, default_value = "datajob-operator")]
+    #[arg(long, env = "DATAJOB_LEASE_NAME", default_value = "datajob-operator")]
     lease_name: String,
     /// Seconds a leader holds the Lease without renewing it.
-    #[arg(long, global = true, default_value_t = 15)]
+    #[arg(long, env = "DATAJOB_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// Seconds a clean shutdown may take after SIGTERM/SIGINT before the process exits anyway
+    /// (for example when the API server is gone and requests hang).
+    #[arg(long, env = "DATAJOB_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
+    shutdown_timeout_seconds: u64,
 }
 
 #[tokio::main]
@@ -99,8 +117,28 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Crd) => print_crds(),
-        Some(Command::Run) | None => run(cli.run).await,
+        Some(Command::ApiReference) => print_api_reference(),
+        Some(Command::Probe {
+            url,
+            timeout_seconds,
+        }) => match probe::probe(&url, Duration::from_secs(timeout_seconds)).await {
+            Ok(body) => {
+                println!("{url}: {body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("probe failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Run(args)) => run(args).await,
+        None => run(cli.run).await,
     }
+}
+
+fn print_api_reference() -> ExitCode {
+    print!("{}", reference::markdown());
+    ExitCode::SUCCESS
 }
 
 fn print_crds() -> ExitCode {
@@ -126,6 +164,11 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let metrics = Arc::new(Metrics::default());
+    exit_after_grace_on_signal(Duration::from_secs(args.shutdown_timeout_seconds));
+    if let Err(missing) = startup::check_crds(&client).await {
+        error!("{missing}");
+        return ExitCode::FAILURE;
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let health = http::Health {
         ready: ready.clone(),
@@ -147,10 +190,13 @@ async fn run(args: RunArgs) -> ExitCode {
     if let Some(elector) = &elector {
         info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");
         tokio::select! {
-            () = elector.acquire() => {}
-            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            () = elector.acquire() => metrics.set_leader(true),
+            () = startup::shutdown_signal() => return ExitCode::SUCCESS,
         }
+    } else {
+        metrics.set_leader(true);
     }
+    let leader_metrics = metrics.clone();
     info!(namespace = ?config.namespace, data_plane = ?config.data_plane, "starting the DataJob controller");
     let controllers = controller::run(client, config, metrics, move || {
         ready.store(true, Ordering::Relaxed)
@@ -159,8 +205,12 @@ async fn run(args: RunArgs) -> ExitCode {
         None => controllers.await,
         Some(elector) => {
             tokio::select! {
-                () = controllers => elector.release().await,
+                () = controllers => {
+                    elector.release().await;
+                    leader_metrics.set_leader(false);
+                }
                 lost = elector.keep() => {
+                    leader_metrics.set_leader(false);
                     error!(error = %lost, "stopping: another replica may lead now");
                     return ExitCode::FAILURE;
                 }
@@ -203,6 +253,22 @@ async fn serve_endpoints(addr: SocketAddr, health: http::Health) -> bool {
         }
     });
     true
+}
+
+/// On the first SIGTERM or SIGINT, gives the clean shutdown `grace` and then exits the process:
+/// with the API server gone, watches, in-flight reconciles and the Lease release could
+/// otherwise wait far longer than the pod's termination grace period.
+fn exit_after_grace_on_signal(grace: Duration) {
+    tokio::spawn(async move {
+        startup::shutdown_signal().await;
+        info!(grace_seconds = grace.as_secs(), "shutting down");
+        tokio::time::sleep(grace).await;
+        error!(
+            grace_seconds = grace.as_secs(),
+            "clean shutdown did not finish in time; exiting"
+        );
+        std::process::exit(1);
+    });
 }
 
 /// Host name and process id, when no instance name is given.

@@ -44,7 +44,7 @@ pub const MAX_DATASET_ID: i64 = 1_000_000_000_000_000_000;
     kind = "DataJob",
     plural = "datajobs",
     shortname = "dj",
-    category = "datajob",
+    category = "datajob-all",
     namespaced,
     status = "DataJobStatus",
     derive = "PartialEq",
@@ -261,6 +261,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 6] = [
+        JobState::Pending,
+        JobState::Running,
+        JobState::PendingCancellation,
+        JobState::Cancelled,
+        JobState::Completed,
+        JobState::Failed,
+    ];
+
     /// Whether the state is final: nothing changes it any more.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -60,10 +60,15 @@ Name of the operator's ServiceAccount.
 {{- end }}
 
 {{/*
-Operator image reference.
+Operator image reference: repository@digest when image.digest is set (the tag is then
+ignored), else repository:tag (default: the chart's appVersion).
 */}}
 {{- define "datajob-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
