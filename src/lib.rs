@@ -3,11 +3,13 @@
 //! The crate is a library with a thin binary. [`api`] holds the custom resources,
 //! [`executor`] the executor pod templates and the contract with the executor image,
 //! [`reconcile`] the controller (observe -> decide -> apply -> status), [`telemetry`] logs and
-//! metrics, [`http`] the metrics and health endpoints, and [`leader`] leader election.
+//! metrics, [`http`] the metrics and health endpoints, [`leader`] leader election, and [`jobs_api`]
+//! the seed's Jobs REST API served over DataJobs (`datajob-operator api`).
 
 pub mod api;
 pub mod executor;
 pub mod http;
+pub mod jobs_api;
 pub mod leader;
 pub mod reconcile;
 pub mod telemetry;

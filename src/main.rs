@@ -9,14 +9,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use datajob_operator::leader::LeaderElector;
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
-use datajob_operator::{api, http, reconcile};
+use datajob_operator::{api, http, jobs_api, reconcile};
 use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(
     name = "datajob-operator",
     version,
-    about = "Runs and cancels DataJobs on Kubernetes"
+    about = "Runs and cancels DataJobs on Kubernetes",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,16 +31,40 @@ enum Command {
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
     /// Run the controller (the default).
-    Run,
+    Run(RunArgs),
+    /// Serve the seed's Jobs REST API under /v1, acting with each caller's Bearer token.
+    Api(ApiArgs),
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Address to serve on (port 0 picks a free one).
+    #[arg(long, env = "DATAJOB_API_HTTP_ADDR", default_value = "127.0.0.1:8443")]
+    http_addr: SocketAddr,
+    /// Namespace whose DataJobs are the jobs.
+    #[arg(long, env = "DATAJOB_API_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// TLS certificate (PEM); serves HTTPS together with --tls-key.
+    #[arg(long, env = "DATAJOB_API_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "DATAJOB_API_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Longest ?wait= a request may ask for, in seconds.
+    #[arg(long, env = "DATAJOB_API_MAX_WAIT_SECONDS", default_value_t = 60)]
+    max_wait_seconds: u64,
+    /// Log format.
+    #[arg(long, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
     /// Namespace to watch; all namespaces when unset.
-    #[arg(long, global = true, env = "DATAJOB_NAMESPACE")]
+    #[arg(long, env = "DATAJOB_NAMESPACE")]
     namespace: Option<String>,
     /// Only reconcile DataJobs of this data plane.
-    #[arg(long, global = true, env = "DATAJOB_DATA_PLANE")]
+    #[arg(long, env = "DATAJOB_DATA_PLANE")]
     data_plane: Option<String>,
     /// Executor image when neither the job nor its pool sets one.
     #[arg(
@@ -49,39 +74,28 @@ struct RunArgs {
     )]
     executor_image: String,
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "DATAJOB_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     /// Reconciles running at once.
-    #[arg(long, global = true, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
     /// Address of the /metrics, /healthz and /readyz endpoints (port 0 picks a free one).
-    #[arg(
-        long,
-        global = true,
-        env = "DATAJOB_HTTP_ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, env = "DATAJOB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
     /// This instance's name in events and in the leader Lease (default: host name and pid).
-    #[arg(long, global = true, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
     /// Elect a leader on a Lease so that only one replica reconciles.
-    #[arg(long, global = true, env = "DATAJOB_LEADER_ELECTION")]
+    #[arg(long, env = "DATAJOB_LEADER_ELECTION")]
     leader_election: bool,
     /// Namespace of the leader Lease.
-    #[arg(long, global = true, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// Name of the leader Lease.
-    #[arg(long, global = true, default_value = "datajob-operator")]
+    #[arg(long, default_value = "datajob-operator")]
     lease_name: String,
     /// Seconds a leader holds the Lease without renewing it.
-    #[arg(long, global = true, default_value_t = 15)]
+    #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
 }
 
@@ -90,7 +104,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Crd) => print_crds(),
-        Some(Command::Run) | None => run(cli.run).await,
+        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Api(args)) => serve_api(args).await,
+        None => run(cli.run).await,
     }
 }
 
@@ -192,6 +208,59 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     info!("controller stopped");
     ExitCode::SUCCESS
+}
+
+async fn serve_api(args: ApiArgs) -> ExitCode {
+    telemetry::init_logging(args.log_format);
+    // Only the API server's address and CA are taken from here; requests use the callers'
+    // tokens (see jobs_api::identity).
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(e) => {
+            error!(error = %e, "failed to find the Kubernetes API server (kubeconfig or in-cluster config)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = jobs_api::AppState {
+        upstream: jobs_api::identity::Upstream::new(config),
+        namespace: args.namespace.clone(),
+        max_wait: Duration::from_secs(args.max_wait_seconds),
+    };
+    let tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| jobs_api::TlsFiles { cert, key });
+    let https = tls.is_some();
+    let (addr, server) = match jobs_api::serve(args.http_addr, state, tls).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            error!(error = %e, "failed to start the Jobs API");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(%addr, https, namespace = %args.namespace, "serving the Jobs API under /v1");
+    tokio::select! {
+        result = server => {
+            if let Err(e) = result {
+                error!(error = %e, "the Jobs API stopped");
+                return ExitCode::FAILURE;
+            }
+        }
+        () = shutdown_signal() => info!("stopping the Jobs API"),
+    }
+    ExitCode::SUCCESS
+}
+
+/// SIGINT or SIGTERM (what Kubernetes sends a pod that should stop).
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// Host name and process id, when no instance name is given.

@@ -42,6 +42,9 @@ pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
     doc = "A data job (materialize-view or nql-forecast) that the datajob-operator runs on executor pods and can cancel on request.",
     selectable = ".spec.dataPlane",
     selectable = ".spec.computePool",
+    selectable = ".spec.type",
+    selectable = ".status.state",
+    selectable = ".status.jobId",
     printcolumn(
         name = "State",
         type_ = "string",
