@@ -20,7 +20,8 @@ use super::error::ApiError;
 use super::identity::{self, bearer_token};
 use super::wire::{
     ANNOTATION_CANCEL_REQUESTED_BY, ANNOTATION_CREATED_BY, ANNOTATION_REQUEST_DIGEST,
-    CancellationRequest, CreateJob, ErrorBody, Job, JobList, JobState, ListQuery, WaitQuery,
+    CancellationRequest, CreateJob, ErrorBody, ErrorCode, Job, JobList, JobState, ListQuery,
+    WaitQuery,
 };
 use crate::api::DataJob;
 use crate::executor;
@@ -53,9 +54,15 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     })
 }
 
+/// The job id of the path; one that does not even decode names no job (404).
 fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(id)| id)
-        .map_err(|e| ApiError::bad_request(format!("invalid job id in the path: {e}")))
+    path.map(|Path(id)| id).map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no such job: {e}"),
+        )
+    })
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -282,7 +289,7 @@ pub async fn create_job(
             if !(same_user && same_request) {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    super::wire::ErrorCode::IdempotencyKeyReused,
+                    ErrorCode::IdempotencyKeyReused,
                     "this Idempotency-Key was already used for a different request; \
                      use a new key for a new job",
                 ));
@@ -449,7 +456,7 @@ pub async fn cancel(
     if !job.spec.cancel && current != JobState::PendingCancellation {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            super::wire::ErrorCode::CancellationNotRequested,
+            ErrorCode::CancellationNotRequested,
             format!(
                 "job {id} is {}: call POST /v1/jobs/{id}/request-cancellation first, then cancel",
                 current.as_str()
@@ -468,7 +475,7 @@ pub async fn cancel(
     };
     let mut error = ApiError::new(
         StatusCode::CONFLICT,
-        super::wire::ErrorCode::TeardownInProgress,
+        ErrorCode::TeardownInProgress,
         format!(
             "teardown in progress: job {id} is {} and waits for {listed} to be gone; \
              call cancel again (with ?wait=SECONDS to wait longer)",
@@ -493,7 +500,7 @@ async fn require_write(
     }
     Err(ApiError::new(
         StatusCode::FORBIDDEN,
-        super::wire::ErrorCode::Forbidden,
+        ErrorCode::Forbidden,
         format!(
             "your Kubernetes identity may not {what} this job: that requires write access to jobs \
              (patch on datajobs.datajob.dev {name} in namespace {namespace}, e.g. the datajob-edit role)"
@@ -538,7 +545,7 @@ async fn wait_for(
             WatchEvent::Deleted(_) => {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
-                    super::wire::ErrorCode::NotFound,
+                    ErrorCode::NotFound,
                     format!("job {} was deleted", job.uid().unwrap_or_default()),
                 ));
             }
