@@ -270,3 +270,40 @@ fn default_identity() -> String {
         .unwrap_or_else(|_| "datajob-operator".to_string());
     format!("{host}-{}", std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn api_takes_its_own_flags_and_run_still_works_without_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "datajob-operator",
+            "api",
+            "--namespace",
+            "team-a",
+            "--http-addr",
+            "0.0.0.0:8080",
+        ])
+        .expect("api flags parse");
+        let Some(Command::Api(args)) = cli.command else {
+            panic!("expected the api subcommand");
+        };
+        assert_eq!(args.namespace, "team-a");
+        assert!(args.tls_cert.is_none());
+        let cli = Cli::try_parse_from(["datajob-operator", "--namespace", "team-a"])
+            .expect("run flags parse");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.namespace.as_deref(), Some("team-a"));
+        assert!(
+            Cli::try_parse_from(["datajob-operator", "api", "--tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+    }
+}
