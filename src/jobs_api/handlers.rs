@@ -106,19 +106,16 @@ pub async fn list_jobs(
             crate::api::JobType::from(t).as_str()
         ));
     }
-    for (field, value) in [
-        ("spec.dataPlane", &q.data_plane),
-        ("spec.computePool", &q.compute_pool),
+    for (param, field, value, max) in [
+        ("data_plane", "spec.dataPlane", &q.data_plane, 63),
+        ("compute_pool", "spec.computePool", &q.compute_pool, 253),
     ] {
         if let Some(value) = value {
-            if !is_selector_value(value) {
+            if !is_name(value, max, param == "compute_pool") {
                 return Err(ApiError::bad_request(format!(
-                    "{} must be a Kubernetes name (lowercase letters, digits, '-' and '.')",
-                    if field == "spec.dataPlane" {
-                        "data_plane"
-                    } else {
-                        "compute_pool"
-                    }
+                    "{param} must be a Kubernetes name of at most {max} characters \
+                     (lowercase letters, digits and '-'{})",
+                    if param == "compute_pool" { ", '.'" } else { "" }
                 )));
             }
             fields.push(format!("{field}={value}"));
@@ -143,12 +140,16 @@ pub async fn list_jobs(
     }))
 }
 
-fn is_selector_value(value: &str) -> bool {
+/// A DNS-1123 label (or, with `dots`, a subdomain-like name) of at most `max` characters: the
+/// patterns the OpenAPI document gives these parameters.
+fn is_name(value: &str, max: usize, dots: bool) -> bool {
+    let edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let inner = |c: char| edge(c) || c == '-' || (dots && c == '.');
     !value.is_empty()
-        && value.len() <= 253
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && value.len() <= max
+        && value.starts_with(edge)
+        && value.ends_with(edge)
+        && value.chars().all(inner)
 }
 
 /// Get a job.
@@ -236,7 +237,8 @@ fn looks_like_uid(id: &str) -> bool {
     post, path = "/v1/jobs", tag = "jobs",
     params(("Idempotency-Key" = Option<String>, Header,
             description = "Makes the create safe to retry: the same key (from the same user) \
-                           returns the same job. 1 to 255 printable ASCII characters.")),
+                           returns the same job. 1 to 255 printable ASCII characters.",
+            min_length = 1, max_length = 255, pattern = r"^[!-~]([ -~]*[!-~])?$")),
     request_body = CreateJob,
     responses(
         (status = 201, description = "Created", body = Job),
@@ -254,8 +256,18 @@ pub async fn create_job(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = caller(&state, &headers)?;
-    let request: CreateJob = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid job: {e}")))?;
+    let request = parse_create(&body)?;
+    // What the document promises beyond the CRD's own schema (the API server checks the rest).
+    if let Some(pool) = &request.compute_pool
+        && !is_name(pool, 253, true)
+    {
+        return Err(ApiError::bad_request(
+            "compute_pool must be a Kubernetes name (lowercase letters, digits, '-' and '.')",
+        ));
+    }
+    if request.executor.as_ref().and_then(|e| e.image.as_deref()) == Some("") {
+        return Err(ApiError::bad_request("executor.image must not be empty"));
+    }
     let key = idempotency_key(&headers)?;
     let user = identity::username(&caller.client).await?;
     let digest = digest(&[serde_json::to_string(&request)
@@ -302,6 +314,25 @@ pub async fn create_job(
         }
         Err(e) => Err(ApiError::from_kube(&action, e)),
     }
+}
+
+/// The create body. serde would also read a struct from a JSON array (`"executor": [..]`);
+/// the document says objects, so anything else is refused first.
+fn parse_create(body: &[u8]) -> Result<CreateJob, ApiError> {
+    let invalid = |e: String| ApiError::bad_request(format!("invalid job: {e}"));
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    let is_object_or_absent =
+        |v: Option<&serde_json::Value>| v.is_none_or(|v| v.is_object() || v.is_null());
+    if !value.is_object()
+        || !value.get("input").is_some_and(serde_json::Value::is_object)
+        || !is_object_or_absent(value.get("executor"))
+    {
+        return Err(invalid(
+            "the job, its input and its executor must be JSON objects".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -364,11 +395,13 @@ pub async fn request_cancellation(
     let caller = caller(&state, &headers)?;
     let id = job_id(path)?;
     let wait = state.wait(query(q)?.wait, DEFAULT_REQUEST_WAIT)?;
+    // The body is optional: empty, JSON null, or {"reason": ...}.
     let request: CancellationRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CancellationRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<CancellationRequest>>(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid cancellation request: {e}")))?
+            .unwrap_or_default()
     };
     if request
         .reason
@@ -618,6 +651,10 @@ mod tests {
     #[test]
     fn only_uid_shaped_ids_are_looked_up() {
         assert!(looks_like_uid("0b5c8a8e-6f7d-4f9e-9a55-3c1d2a4b6e70"));
+        assert!(is_name("dp-1", 63, false) && is_name("pool.a", 253, true));
+        for bad in ["", "-dp", "dp-", "Dp", "pool.a", &"a".repeat(64)] {
+            assert!(!is_name(bad, 63, false), "{bad}");
+        }
         for id in ["", "42", "../x", "0b5c8a8e-6f7d-4f9e-9a55-3c1d2a4b6e7z"] {
             assert!(!looks_like_uid(id), "{id}");
         }

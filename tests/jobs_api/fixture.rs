@@ -177,6 +177,11 @@ impl JobsApi {
         }
     }
 
+    /// The base URL, e.g. `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// `method path` with an optional Bearer token, extra headers and a raw body.
     pub async fn call(
         &self,

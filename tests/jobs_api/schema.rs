@@ -372,3 +372,43 @@ fn every_request_the_openapi_document_allows_gets_a_documented_answer_and_no_ser
         panic!("{e}");
     }
 }
+
+/// The same against schemathesis itself (installed by `hack/schemathesis.sh` into
+/// ~/.cache/datajob-operator on first use, which needs PyPI once): every phase (examples,
+/// coverage, fuzzing, stateful) with the checks of hack/schemathesis.toml must pass.
+#[tokio::test]
+async fn schemathesis_finds_no_failure_against_the_openapi_document() {
+    let env = Env::new("api-st").await;
+    let api = env.api_in_process(Duration::from_secs(1)).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/schemathesis.sh");
+    let report = std::env::temp_dir().join(format!("schemathesis-{}", env.ns.name()));
+    std::fs::create_dir_all(&report).expect("report folder");
+    let args = [
+        "--no-color".to_string(),
+        "run".to_string(),
+        format!("{}/v1/openapi.json", api.base()),
+        "--header".to_string(),
+        format!("Authorization: Bearer {}", env.editor),
+        "--max-examples".to_string(),
+        "25".to_string(),
+        "--workers".to_string(),
+        "1".to_string(),
+    ];
+    // The API is served by this test's runtime: run schemathesis on a blocking thread.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(script)
+            .current_dir(&report)
+            .args(&args)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("hack/schemathesis.sh runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis found failures:\n{text}");
+    env.cleanup().await;
+}
