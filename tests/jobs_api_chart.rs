@@ -65,15 +65,18 @@ fn named<T: DeserializeOwned + kube::Resource>(
         .find(|o| o.meta().name.as_deref() == Some(name))
 }
 
-fn api_args(docs: &[serde_yaml::Value]) -> Vec<String> {
+fn api_pod(docs: &[serde_yaml::Value]) -> k8s_openapi::api::core::v1::PodSpec {
     let deployment: Deployment = named(docs, "Deployment", API).expect("the API Deployment");
-    let pod = deployment
+    deployment
         .spec
         .expect("spec")
         .template
         .spec
-        .expect("pod spec");
-    pod.containers[0].args.clone().unwrap_or_default()
+        .expect("pod spec")
+}
+
+fn api_args(docs: &[serde_yaml::Value]) -> Vec<String> {
+    api_pod(docs).containers[0].args.clone().unwrap_or_default()
 }
 
 #[test]
@@ -188,13 +191,7 @@ fn tls_mounts_the_secret_and_probes_over_https() {
         args.contains(&"--tls-key=/etc/datajob-api/tls/tls.key".to_string()),
         "{args:?}"
     );
-    let deployment: Deployment = named(&docs, "Deployment", API).expect("Deployment");
-    let pod = deployment
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod spec");
+    let pod = api_pod(&docs);
     let volume = &pod.volumes.expect("volumes")[0];
     assert_eq!(
         volume
