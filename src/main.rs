@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use datajob_operator::leader::LeaderElector;
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
-use datajob_operator::{api, controller, http, probe, reference, startup};
+use datajob_operator::{api, controller, http, jobs_api, probe, reference, startup};
 use tracing::{error, info};
 
 /// How logging is configured, shown in `--help`.
@@ -56,6 +56,30 @@ enum Command {
     /// Run the controller (the default).
     #[command(after_help = LOGGING_HELP)]
     Run(RunArgs),
+    /// Serve the seed's Jobs REST API under /v1, acting with each caller's Bearer token.
+    Api(ApiArgs),
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Address to serve on (port 0 picks a free one).
+    #[arg(long, env = "DATAJOB_API_HTTP_ADDR", default_value = "127.0.0.1:8443")]
+    http_addr: SocketAddr,
+    /// Namespace whose DataJobs are the jobs.
+    #[arg(long, env = "DATAJOB_API_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// TLS certificate (PEM); serves HTTPS together with --tls-key.
+    #[arg(long, env = "DATAJOB_API_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "DATAJOB_API_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Longest ?wait= a request may ask for, in seconds.
+    #[arg(long, env = "DATAJOB_API_MAX_WAIT_SECONDS", default_value_t = 60)]
+    max_wait_seconds: u64,
+    /// Log format.
+    #[arg(long, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(clap::Args)]
@@ -132,6 +156,7 @@ async fn main() -> ExitCode {
             }
         },
         Some(Command::Run(args)) => run(args).await,
+        Some(Command::Api(args)) => serve_api(args).await,
         None => run(cli.run).await,
     }
 }
@@ -271,10 +296,89 @@ fn exit_after_grace_on_signal(grace: Duration) {
     });
 }
 
+/// Serves the Jobs REST API until SIGTERM/SIGINT.
+async fn serve_api(args: ApiArgs) -> ExitCode {
+    telemetry::init_logging(args.log_format);
+    // Only the API server's address and CA are taken from here; requests use the callers'
+    // tokens (see jobs_api::identity).
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(e) => {
+            error!(error = %e, "failed to find the Kubernetes API server (kubeconfig or in-cluster config)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = jobs_api::AppState {
+        upstream: jobs_api::identity::Upstream::new(config),
+        namespace: args.namespace.clone(),
+        max_wait: Duration::from_secs(args.max_wait_seconds),
+    };
+    let tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| jobs_api::TlsFiles { cert, key });
+    let https = tls.is_some();
+    let (addr, server) = match jobs_api::serve(args.http_addr, state, tls).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            error!(error = %e, "failed to start the Jobs API");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(%addr, https, namespace = %args.namespace, "serving the Jobs API under /v1");
+    tokio::select! {
+        result = server => {
+            if let Err(e) = result {
+                error!(error = %e, "the Jobs API stopped");
+                return ExitCode::FAILURE;
+            }
+        }
+        () = startup::shutdown_signal() => info!("stopping the Jobs API"),
+    }
+    ExitCode::SUCCESS
+}
+
 /// Host name and process id, when no instance name is given.
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "datajob-operator".to_string());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn api_takes_its_own_flags_and_run_still_works_without_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "datajob-operator",
+            "api",
+            "--namespace",
+            "team-a",
+            "--http-addr",
+            "0.0.0.0:8080",
+        ])
+        .expect("api flags parse");
+        let Some(Command::Api(args)) = cli.command else {
+            panic!("expected the api subcommand");
+        };
+        assert_eq!(args.namespace, "team-a");
+        assert!(args.tls_cert.is_none());
+        let cli = Cli::try_parse_from(["datajob-operator", "--namespace", "team-a"])
+            .expect("run flags parse");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.namespace.as_deref(), Some("team-a"));
+        assert!(
+            Cli::try_parse_from(["datajob-operator", "api", "--tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+    }
 }

@@ -51,6 +51,9 @@ pub const MAX_DATASET_ID: i64 = 1_000_000_000_000_000_000;
     doc = "A data job (materialize-view or nql-forecast) that the datajob-operator runs on executor pods and can cancel on request.",
     selectable = ".spec.dataPlane",
     selectable = ".spec.computePool",
+    selectable = ".spec.type",
+    selectable = ".status.state",
+    selectable = ".status.jobId",
     printcolumn(
         name = "State",
         type_ = "string",
