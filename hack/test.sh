@@ -170,6 +170,7 @@ log "building the cluster tests"
 cargo test --no-run "${cluster_args[@]}"
 phase "cargo build (cluster tests)"
 cluster_up
-log "running the cluster tests: cargo test ${cluster_args[*]}"
-cargo test "${cluster_args[@]}"
+# --no-fail-fast: one run reports every failing target, not only the first.
+log "running the cluster tests: cargo test --no-fail-fast ${cluster_args[*]}"
+cargo test --no-fail-fast "${cluster_args[@]}"
 phase "cluster tests"
