@@ -23,7 +23,7 @@ cd "$ROOT"
 source "$ROOT/hack/lib/common.sh"
 
 # tests/ targets that need no cluster; every other one runs against the cluster.
-PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input)
+PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input api_reference operator_binary jobs_api_openapi)
 
 NAME=${DATAJOB_TEST_CLUSTER:-ci}
 CARGO_ARGS=()
@@ -170,6 +170,7 @@ log "building the cluster tests"
 cargo test --no-run "${cluster_args[@]}"
 phase "cargo build (cluster tests)"
 cluster_up
-log "running the cluster tests: cargo test ${cluster_args[*]}"
-cargo test "${cluster_args[@]}"
+# --no-fail-fast: one run reports every failing target, not only the first.
+log "running the cluster tests: cargo test --no-fail-fast ${cluster_args[*]}"
+cargo test --no-fail-fast "${cluster_args[@]}"
 phase "cluster tests"

@@ -4,15 +4,21 @@
 //! [`domain`] the pure core (every decision: the state machine, admission, conditions, pool
 //! status), [`controller`] the kube glue around it (watches, observe -> decide -> apply ->
 //! status), [`executor`] the executor pods and the contract with the executor image,
-//! [`telemetry`] logs and metrics, [`http`] the metrics and health endpoints, and [`leader`]
-//! leader election.
+//! [`telemetry`] logs and metrics, [`http`] the metrics and health endpoints, [`leader`]
+//! leader election, [`plugin`] the kubectl plugin, and [`jobs_api`] the seed's Jobs REST API
+//! served over DataJobs (`datajob-operator api`).
 
 pub mod api;
 pub mod controller;
 pub mod domain;
 pub mod executor;
 pub mod http;
+pub mod jobs_api;
 pub mod leader;
+pub mod plugin;
+pub mod probe;
+pub mod reference;
+pub mod startup;
 pub mod telemetry;
 
 /// Name of the operator: field manager of everything it writes, Event reporter, label value.
