@@ -45,7 +45,7 @@ struct RunArgs {
     #[arg(
         long,
         env = "DATAJOB_EXECUTOR_IMAGE",
-        default_value = "ghcr.io/datajob-dev/executor:0.1.0"
+        default_value = "ghcr.io/datajob-dev/datajob-executor:0.1.0"
     )]
     executor_image: String,
     /// Log format.
