@@ -55,9 +55,11 @@ RUN="/run/datajob-real-$NAME"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 NODE_NAME="real-$NAME"
-# Interface names have at most 15 characters.
-BRIDGE="djr-$(printf '%s' "$NAME" | cksum | cut -d' ' -f1)"
-BRIDGE=${BRIDGE:0:15}
+# Interface names have at most 15 characters. The node link holds the node IP and the service IP;
+# the pods' bridge is the CNI bridge plugin's (it refuses a bridge with other addresses).
+LINK_ID=$(printf '%s' "$NAME" | cksum | cut -d' ' -f1)
+NODE_LINK="djn-${LINK_ID:0:11}"
+BRIDGE="djr-${LINK_ID:0:11}"
 NODE_IP=10.89.0.1
 POD_CIDR=10.88.0.0/16
 POD_GATEWAY=10.88.0.1
@@ -73,7 +75,7 @@ SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom
 # Host folders a kubelet or containerd may create outside the ones we point them at; `down`
 # removes those that did not exist before `up`.
 HOST_DIRS=(/run/containerd /var/log/containers /var/log/pods /var/lib/kubelet /var/lib/containerd
-  /opt/containerd /var/lib/cni /run/netns /var/run/nri /etc/cni /opt/cni)
+  /opt/containerd /var/lib/cni /run/netns /var/run/nri /etc/cni /opt/cni /run/mount)
 PROCESSES=(containerd apiserver-forward kubelet)
 
 # --- processes (pids recorded with the binary they run, as in hack/cluster.sh) ---------------
@@ -200,14 +202,16 @@ restore_sysctls() {
   done <"$STATE/host/sysctls"
 }
 
+# The kubelet refuses a loopback node IP and this kernel lacks the dummy link type: an empty
+# bridge with /32 addresses is the node's address (and the service IP's), reachable only locally.
 setup_network() {
-  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-    log "creating bridge $BRIDGE (node IP $NODE_IP/32, service IP $SERVICE_IP/32, pods $POD_CIDR)"
-    ip link add "$BRIDGE" type bridge
+  if ! ip link show "$NODE_LINK" >/dev/null 2>&1; then
+    log "creating link $NODE_LINK (node IP $NODE_IP/32, service IP $SERVICE_IP/32); pods: $BRIDGE, $POD_CIDR"
+    ip link add "$NODE_LINK" type bridge
   fi
-  ip addr show dev "$BRIDGE" | grep -q " $NODE_IP/32 " || ip addr add "$NODE_IP/32" dev "$BRIDGE"
-  ip addr show dev "$BRIDGE" | grep -q " $SERVICE_IP/32 " || ip addr add "$SERVICE_IP/32" dev "$BRIDGE"
-  ip link set "$BRIDGE" up
+  ip addr show dev "$NODE_LINK" | grep -q " $NODE_IP/32 " || ip addr add "$NODE_IP/32" dev "$NODE_LINK"
+  ip addr show dev "$NODE_LINK" | grep -q " $SERVICE_IP/32 " || ip addr add "$SERVICE_IP/32" dev "$NODE_LINK"
+  ip link set "$NODE_LINK" up
 }
 
 # The API server dials the node by its host name (logs, exec): a hosts entry names the node IP.
@@ -452,14 +456,16 @@ cmd_down() {
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "warning: cannot unmount $m"
   done < <(mounts_below "$STATE" "$RUN" /run/containerd)
   remove_cgroups
-  if ip link show "$BRIDGE" >/dev/null 2>&1; then
-    log "deleting bridge $BRIDGE"
-    ip link delete "$BRIDGE"
-  fi
-  # Host ends of pod veths whose pods were not torn down by the kubelet.
   local link
+  # Host ends of pod veths whose pods were not torn down by the kubelet.
   for link in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
     [[ $(cat "/sys/class/net/$link/master/uevent" 2>/dev/null) == *"INTERFACE=$BRIDGE"* ]] && ip link delete "$link"
+  done
+  for link in "$BRIDGE" "$NODE_LINK"; do
+    if ip link show "$link" >/dev/null 2>&1; then
+      log "deleting link $link"
+      ip link delete "$link"
+    fi
   done
   restore_sysctls
   remove_hosts_entry

@@ -95,6 +95,23 @@ impl Context {
     }
 }
 
+/// Whether `store` got its first full list (false if its writer is gone). kube-runtime 5's
+/// `Store::wait_until_ready` wakes only its latest waiter and the controller waits on the same
+/// stores, so a single wait could hang forever (/readyz stayed 503 on a real kubelet); asking
+/// again every second sees an initialized store at once.
+async fn store_synced<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_) => continue,
+        }
+    }
+}
+
 /// Runs the controller until a shutdown signal. `ready` is called once the caches are synced.
 pub async fn run(
     client: Client,
@@ -159,9 +176,9 @@ pub async fn run(
     let readiness = {
         let (jobs, pods, pools) = (jobs.clone(), pods.clone(), pools.clone());
         async move {
-            let synced = jobs.wait_until_ready().await.is_ok()
-                && pods.wait_until_ready().await.is_ok()
-                && pools.wait_until_ready().await.is_ok();
+            let synced = store_synced(&jobs).await
+                && store_synced(&pods).await
+                && store_synced(&pools).await;
             if synced {
                 info!("caches synced; reconciling");
                 ready();

@@ -193,10 +193,10 @@ fn log_dir() -> PathBuf {
 /// The operator binary of this build, watching one namespace; killed when dropped.
 pub struct Operator {
     child: Child,
-    pub log: PathBuf,
 }
 
 impl Operator {
+    /// Logs to `<CARGO_TARGET_TMPDIR>/real-node-logs/operator-<namespace>.log`.
     pub fn start(namespace: &str, executor_image: &str) -> Operator {
         let log = log_dir().join(format!("operator-{namespace}.log"));
         let file = File::create(&log).expect("operator log");
@@ -215,7 +215,7 @@ impl Operator {
             .stderr(file)
             .spawn()
             .expect("start the operator");
-        Operator { child, log }
+        Operator { child }
     }
 }
 
