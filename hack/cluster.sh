@@ -3,7 +3,9 @@
 # kube-controller-manager, kube-scheduler and kwok (fake nodes and the kubelet's pod lifecycle).
 # Binaries are built from their Go modules into a cache folder on first use.
 #
-#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] up|down|env|status
+#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] [--real-node] up|down|env|status
+#
+#   --real-node  with up: also add the real node (hack/real-node.sh up); down always removes it
 #
 #   up      build what is missing, start the cluster (a running one is left as it is), wait
 #           until it is ready and print how to use it
@@ -27,7 +29,7 @@ source "$ROOT/hack/lib/pki.sh"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 usage() {
-  sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+  sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 
@@ -38,6 +40,7 @@ die() { log "error: $*"; exit 1; }
 NAME=${DATAJOB_CLUSTER:-dev}
 PORT_BASE=${DATAJOB_PORT_BASE:-}
 NODES=${DATAJOB_NODES:-6}
+REAL_NODE=0
 CMD=""
 while (($#)); do
   case $1 in
@@ -47,6 +50,7 @@ while (($#)); do
     --port-base=*) PORT_BASE=${1#*=}; shift ;;
     --nodes) NODES=${2:?--nodes needs a value}; shift 2 ;;
     --nodes=*) NODES=${1#*=}; shift ;;
+    --real-node) REAL_NODE=1; shift ;;
     -h | --help) usage ;;
     up | down | env | status)
       [[ -z $CMD ]] || usage
@@ -386,6 +390,9 @@ cmd_up() {
     kubectl_admin get serviceaccount default -n default
 
   log "cluster '$NAME' is up after $((SECONDS - t0))s: $SERVER, state in $STATE"
+  if ((REAL_NODE)); then
+    "$ROOT/hack/real-node.sh" --name "$NAME" up
+  fi
   cat >&2 <<EOF
 
 Use it with:
@@ -461,6 +468,8 @@ cmd_status() {
 }
 
 cmd_down() {
+  # The real node first, while the API server can still delete its pods and Node object.
+  "$ROOT/hack/real-node.sh" --name "$NAME" down
   if [[ ! -d $STATE ]]; then
     log "cluster '$NAME' is not up (no $STATE)"
     return 0

@@ -3,10 +3,13 @@
 # $DATAJOB_TEST_CLUSTER says otherwise; built first when needed), runs
 # `cargo test --lib --bins --tests` (unit tests and the tests against the cluster; the benchmark
 # is hack/bench.sh's) with KUBECONFIG and the alice/bob kubeconfigs exported, and always brings
-# the cluster down again. Exits non-zero on any failure.
+# the cluster down again. Exits non-zero on any failure. It also adds the real node
+# (hack/real-node.sh: kubelet, containerd, the project's images; needs root) for
+# tests/real_node (when they run: all tests, or arguments naming real_node), and takes it down
+# again; --no-real-node leaves it out.
 # Arguments after -- replace `--lib --bins --tests`.
 #
-#   hack/test.sh [--name NAME] [--port-base PORT] [-- CARGO_TEST_ARGS...]
+#   hack/test.sh [--name NAME] [--port-base PORT] [--no-real-node] [-- CARGO_TEST_ARGS...]
 #
 # Examples: hack/test.sh
 #           hack/test.sh -- --test smoke          (only tests/smoke.rs)
@@ -19,6 +22,7 @@ cd "$ROOT"
 NAME=${DATAJOB_TEST_CLUSTER:-ci}
 CLUSTER_ARGS=()
 CARGO_ARGS=()
+REAL_NODE=1
 while (($#)); do
   case $1 in
     --name) NAME=${2:?--name needs a value}; shift 2 ;;
@@ -26,7 +30,8 @@ while (($#)); do
     --port-base) CLUSTER_ARGS+=(--port-base "${2:?--port-base needs a value}"); shift 2 ;;
     --port-base=*) CLUSTER_ARGS+=(--port-base "${1#*=}"); shift ;;
     --) shift; CARGO_ARGS=("$@"); break ;;
-    -h | --help) sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --no-real-node) REAL_NODE=0; shift ;;
+    -h | --help) sed -n '2,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "unknown argument: $1 (cargo test arguments go after --)" >&2; exit 2 ;;
   esac
 done
@@ -57,6 +62,10 @@ finish() {
       tail -n 15 "$f" >&2 || true
     done
   fi
+  if ((REAL_NODE)); then
+    stamp "taking the real node of '$NAME' down"
+    "$ROOT/hack/real-node.sh" --name "$NAME" down || { ((rc != 0)) || rc=1; }
+  fi
   stamp "bringing cluster '$NAME' down"
   if ! "${CLUSTER[@]}" down; then
     ((rc != 0)) || rc=1
@@ -78,6 +87,11 @@ if [[ -d $STATE ]]; then
   "${CLUSTER[@]}" down
 fi
 
+# The real node is needed by tests/real_node only: a narrower run (`-- --test e2e`) goes without.
+if ((${#CARGO_ARGS[@]})) && [[ " ${CARGO_ARGS[*]} " != *real_node* ]]; then
+  REAL_NODE=0
+fi
+
 # Cargo's own arguments (before a second --) also apply to the build.
 BUILD_ARGS=()
 for a in "${CARGO_ARGS[@]}"; do
@@ -94,6 +108,13 @@ stamp "building (as needed) and starting cluster '$NAME'"
 "${CLUSTER[@]}" up
 eval "$("${CLUSTER[@]}" env)"
 phase "build + cluster up"
+
+if ((REAL_NODE)); then
+  stamp "adding the real node (hack/real-node.sh; builds kubelet, containerd and the images if needed)"
+  "$ROOT/hack/real-node.sh" --name "$NAME" up
+  eval "$("$ROOT/hack/real-node.sh" --name "$NAME" env)"
+  phase "real node up (+ builds)"
+fi
 
 stamp "running cargo test ${CARGO_ARGS[*]}"
 cargo test "${CARGO_ARGS[@]}"
