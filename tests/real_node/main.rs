@@ -36,6 +36,34 @@ fn state_is(state: JobState) -> impl Fn(&DataJob) -> bool {
     move |job: &DataJob| job.status.as_ref().and_then(|s| s.state) == Some(state)
 }
 
+/// What a job test on the real node starts from: the CRDs, a fresh namespace, a ComputePool of
+/// `cluster_type` on the real node, and this build's operator watching the namespace.
+struct Scene {
+    real: RealNode,
+    client: Client,
+    ns: TestNamespace,
+    pool: Pool,
+    _operator: Operator,
+}
+
+impl Scene {
+    async fn new(prefix: &str, cluster_type: &str) -> Scene {
+        let real = RealNode::from_env();
+        let client = common::admin_client().await;
+        support::install_crds(&client).await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let pool = Pool::create(&client, ns.name(), cluster_type).await;
+        let _operator = Operator::start(ns.name(), &real.executor_image);
+        Scene {
+            real,
+            client,
+            ns,
+            pool,
+            _operator,
+        }
+    }
+}
+
 /// Creates `job` in `namespace` and returns it with its uid.
 async fn create(client: &Client, namespace: &str, job: &DataJob) -> DataJob {
     Api::<DataJob>::namespaced(client.clone(), namespace)
@@ -91,12 +119,13 @@ fn run_ok(cmd: &mut Command) -> String {
 #[tokio::test]
 async fn a_job_on_the_real_node_completes_with_its_exact_result_and_logs() {
     let _serial = SERIAL.lock().await;
-    let real = RealNode::from_env();
-    let client = common::admin_client().await;
-    support::install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "real-complete").await;
-    let pool = Pool::create(&client, ns.name(), "shared").await;
-    let _operator = Operator::start(ns.name(), &real.executor_image);
+    let Scene {
+        real,
+        client,
+        ns,
+        pool,
+        _operator,
+    } = Scene::new("real-complete", "shared").await;
 
     let manifest = job(
         "materialize",
@@ -145,12 +174,13 @@ async fn a_job_on_the_real_node_completes_with_its_exact_result_and_logs() {
 #[tokio::test]
 async fn cancelling_a_running_executor_delivers_sigterm_and_ends_cancelled() {
     let _serial = SERIAL.lock().await;
-    let real = RealNode::from_env();
-    let client = common::admin_client().await;
-    support::install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "real-cancel").await;
-    let pool = Pool::create(&client, ns.name(), "shared").await;
-    let _operator = Operator::start(ns.name(), &real.executor_image);
+    let Scene {
+        real,
+        client,
+        ns,
+        pool,
+        _operator,
+    } = Scene::new("real-cancel", "shared").await;
     let recorder = PodRecorder::start(&client, ns.name());
 
     const GRACE: i64 = 60;
@@ -215,12 +245,13 @@ async fn cancelling_a_running_executor_delivers_sigterm_and_ends_cancelled() {
 #[tokio::test]
 async fn a_dedicated_job_runs_driver_and_workers_as_real_containers_and_cancels_cleanly() {
     let _serial = SERIAL.lock().await;
-    let real = RealNode::from_env();
-    let client = common::admin_client().await;
-    support::install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "real-dedicated").await;
-    let pool = Pool::create(&client, ns.name(), "dedicated").await;
-    let _operator = Operator::start(ns.name(), &real.executor_image);
+    let Scene {
+        real,
+        client,
+        ns,
+        pool,
+        _operator,
+    } = Scene::new("real-dedicated", "dedicated").await;
     let recorder = PodRecorder::start(&client, ns.name());
 
     let manifest = job(
@@ -281,12 +312,13 @@ async fn a_dedicated_job_runs_driver_and_workers_as_real_containers_and_cancels_
 #[ignore = "needs DATAJOB_NQL_FILE from issue 7; today the exec fails (see docs/real-node.md)"]
 async fn a_query_over_128_kib_reaches_the_executor_intact() {
     let _serial = SERIAL.lock().await;
-    let real = RealNode::from_env();
-    let client = common::admin_client().await;
-    support::install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "real-big-query").await;
-    let pool = Pool::create(&client, ns.name(), "shared").await;
-    let _operator = Operator::start(ns.name(), &real.executor_image);
+    let Scene {
+        real,
+        client,
+        ns,
+        pool,
+        _operator,
+    } = Scene::new("real-big-query", "shared").await;
 
     // 200 KiB: above the kernel's 128 KiB limit for one environment string, below the CRD's
     // 256 KiB limit for spec.input.nql.
