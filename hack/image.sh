@@ -23,6 +23,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+source "$ROOT/hack/lib/common.sh"
 source "$ROOT/hack/lib/versions.sh"
 source "$ROOT/hack/lib/build.sh"
 source "$ROOT/hack/lib/node-build.sh"
@@ -30,21 +31,24 @@ source "$ROOT/hack/lib/node-build.sh"
 OUT="$ROOT/target/images"
 TAG=""
 REGISTRY="${DATAJOB_IMAGE_REGISTRY:-ghcr.io/datajob-dev}"
-while (($#)); do
+image_option() {
+  OPTION_ARGS=2
   case $1 in
-    --out) OUT=${2:?--out needs a value}; shift 2 ;;
-    --out=*) OUT=${1#*=}; shift ;;
-    --tag) TAG=${2:?--tag needs a value}; shift 2 ;;
-    --tag=*) TAG=${1#*=}; shift ;;
-    --registry) REGISTRY=${2:?--registry needs a value}; shift 2 ;;
-    --registry=*) REGISTRY=${1#*=}; shift ;;
-    -h | --help) sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --out) OUT=${2:?--out needs a value} ;;
+    --tag) TAG=${2:?--tag needs a value} ;;
+    --registry) REGISTRY=${2:?--registry needs a value} ;;
+    --out=*) OUT=${1#*=}; OPTION_ARGS=1 ;;
+    --tag=*) TAG=${1#*=}; OPTION_ARGS=1 ;;
+    --registry=*) REGISTRY=${1#*=}; OPTION_ARGS=1 ;;
+    -h | --help) usage 20; exit 0 ;;
     *) log "unknown argument: $1"; exit 2 ;;
   esac
-done
+}
+# (--name and --port-base, which every hack/ script takes, do not matter here.)
+parse_options image_option "$@"
 
 VERSION=$(sed -n '/^\[package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
-[[ -n $VERSION ]] || { log "cannot read the crate version from Cargo.toml"; exit 1; }
+[[ -n $VERSION ]] || die "cannot read the crate version from Cargo.toml"
 TAG=${TAG:-$VERSION}
 [[ $TAG != latest ]] || { log "refusing the tag 'latest' (it makes kubelets pull)"; exit 2; }
 [[ $TAG =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || { log "bad tag '$TAG'"; exit 2; }
@@ -78,8 +82,7 @@ BIN_DIR="$TARGET_DIR/$TARGET/image"
 for bin in datajob-operator datajob-executor; do
   # A static(-pie) binary names no shared library ("statically linked" / "not a dynamic executable").
   if ldd "$BIN_DIR/$bin" 2>&1 | grep -q '=>'; then
-    log "$BIN_DIR/$bin is dynamically linked; expected a static binary"
-    exit 1
+    die "$BIN_DIR/$bin is dynamically linked; expected a static binary"
   fi
 done
 

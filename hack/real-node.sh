@@ -21,36 +21,34 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/hack/lib/common.sh"
 source "$ROOT/hack/lib/versions.sh"
 source "$ROOT/hack/lib/build.sh"
 source "$ROOT/hack/lib/node-build.sh"
 source "$ROOT/hack/lib/pki.sh"
 
-usage() {
-  sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
-  exit 2
-}
-die() { log "error: $*"; exit 1; }
-
 NAME=${DATAJOB_CLUSTER:-dev}
 CMD=""
-while (($#)); do
+real_node_option() {
+  OPTION_ARGS=1
   case $1 in
-    --name) NAME=${2:?--name needs a value}; shift 2 ;;
-    --name=*) NAME=${1#*=}; shift ;;
-    -h | --help) usage ;;
+    -h | --help) bad_usage 19 ;;
     up | down | status | env)
-      [[ -z $CMD ]] || usage
-      CMD=$1; shift ;;
-    *) log "unknown argument: $1"; usage ;;
+      [[ -z $CMD ]] || bad_usage 19
+      CMD=$1 ;;
+    *) log "unknown argument: $1"; bad_usage 19 ;;
   esac
-done
-[[ -n $CMD ]] || usage
-[[ $NAME =~ ^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$ ]] || die "cluster name '$NAME' must be a short DNS label"
+}
+# --port-base is accepted like every hack/ script's, and unused: the node takes the ports the
+# cluster NAME was started with.
+parse_options real_node_option "$@"
+[[ -n $CMD ]] || bad_usage 19
+check_name
 
-STATE_HOME="${XDG_STATE_HOME:-$HOME/.local/state}/datajob-operator"
-CLUSTER_STATE="$STATE_HOME/clusters/$NAME"
-STATE="$STATE_HOME/real-nodes/$NAME"
+CLUSTER_STATE=$(state_dir "$NAME")
+# Beside the clusters' folders: .../datajob-operator/real-nodes/NAME.
+REAL_NODES=$(dirname "$(dirname "$CLUSTER_STATE")")/real-nodes
+STATE="$REAL_NODES/$NAME"
 RUN="/run/datajob-real-$NAME"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
@@ -78,61 +76,22 @@ HOST_DIRS=(/run/containerd /var/log/containers /var/log/pods /var/lib/kubelet /v
   /opt/containerd /var/lib/cni /run/netns /var/run/nri /etc/cni /opt/cni /run/mount)
 PROCESSES=(containerd apiserver-forward kubelet)
 
-# --- processes (pids recorded with the binary they run, as in hack/cluster.sh) ---------------
+# --- processes (recorded by pid, hack/lib/common.sh) ---------------------------------------
 
-alive() {
-  local state
-  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z && $state != X ]]
-}
+live_pid() { recorded_pid "$PIDS/$1"; }
 
-live_pid() {
-  local c=$1 pid exe want
-  [[ -f $PIDS/$c.pid ]] || return 1
-  pid=$(<"$PIDS/$c.pid")
-  [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
-  want=$(cat "$PIDS/$c.exe" 2>/dev/null || true)
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
-  [[ -z $want || ${exe% (deleted)} == "$want" ]] || return 1
-  echo "$pid"
-}
-
+# start NAME BINARY ARGS...: starts a process of the node unless it runs already.
 start() {
-  local c=$1 bin; bin=$(readlink -f "$2"); shift 2
+  local c=$1; shift
   if live_pid "$c" >/dev/null; then
     log "$c already running (pid $(live_pid "$c"))"
     return 0
   fi
   log "starting $c"
-  echo "# $(date -u +%FT%TZ) $bin $*" >>"$LOGS/$c.log"
-  setsid "$bin" "$@" >>"$LOGS/$c.log" 2>&1 </dev/null &
-  local pid=$! deadline=$((SECONDS + 10)) exe
-  echo "$pid" >"$PIDS/$c.pid"
-  echo "$bin" >"$PIDS/$c.exe"
-  while alive "$pid" && ((SECONDS < deadline)); do
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
-    [[ ${exe% (deleted)} == "$bin" ]] && return 0
-    sleep 0.01
-  done
-  log "$c did not start; last lines of $LOGS/$c.log:"
-  tail -n 30 "$LOGS/$c.log" >&2
-  die "$c did not start"
+  spawn_recorded "$PIDS/$c" "$LOGS/$c.log" "$@"
 }
 
-# stop NAME: SIGTERM to the recorded pid, SIGKILL after 20 s.
-stop() {
-  local c=$1 pid deadline
-  pid=$(live_pid "$c") || return 0
-  log "stopping $c (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  deadline=$((SECONDS + 20))
-  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-  if alive "$pid"; then
-    log "$c (pid $pid) ignored SIGTERM for 20s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.5
-  fi
-}
+stop() { stop_recorded "$PIDS/$1" 20; }
 
 wait_until() { # wait_until DESCRIPTION TIMEOUT PROCESS COMMAND...
   local what=$1 timeout=$2 c=$3; shift 3
@@ -241,7 +200,7 @@ fill() { # fill TEMPLATE OUT: replaces the @NAME@ placeholders
 
 other_real_node() {
   local dir
-  for dir in "$STATE_HOME"/real-nodes/*/; do
+  for dir in "$REAL_NODES"/*/; do
     [[ -d $dir && ${dir%/} != "$STATE" ]] && { basename "$dir"; return 0; }
   done
   return 1

@@ -1,43 +1,74 @@
 #!/usr/bin/env bash
-# The project's test command: brings up a local control plane (cluster `ci` unless --name or
-# $DATAJOB_TEST_CLUSTER says otherwise; built first when needed), runs
-# `cargo test --lib --bins --tests` (unit tests and the tests against the cluster; the benchmark
-# is hack/bench.sh's) with KUBECONFIG and the alice/bob kubeconfigs exported, and always brings
-# the cluster down again. Exits non-zero on any failure. It also adds the real node
-# (hack/real-node.sh: kubelet, containerd, the project's images; needs root) for
-# tests/real_node (when they run: all tests, or arguments naming real_node), and takes it down
-# again; --no-real-node leaves it out.
-# Arguments after -- replace `--lib --bins --tests`.
+# The project's test command. First the pure tests, which need no cluster (unit tests of the
+# library and binaries, and the tests/ files listed in PURE_TESTS below: the state machine and
+# its property tests, CRD drift, HTTP endpoints), so a logic error fails in seconds. Then it
+# brings up a local control plane (cluster `ci` unless --name or $DATAJOB_TEST_CLUSTER says
+# otherwise; built first when needed), runs every other tests/ target with KUBECONFIG and the
+# alice/bob kubeconfigs exported, and always brings the cluster down again. Exits non-zero on
+# any failure; on failure the cluster's logs are kept in target/cluster-logs/NAME.
+# tests/real_node also needs the real node (hack/real-node.sh: kubelet, containerd, the
+# project's images; needs root): it is added after the cluster and taken down with it.
+# --no-real-node leaves the node and tests/real_node out.
 #
 #   hack/test.sh [--name NAME] [--port-base PORT] [--no-real-node] [-- CARGO_TEST_ARGS...]
 #
+# CARGO_TEST_ARGS replace both phases: they run once, without a cluster when they name only
+# pure targets (--lib, --bins, --test of a pure file), else on a fresh cluster (with the real
+# node when they may run tests/real_node: `--test real_node`, `--tests`, or no target named).
 # Examples: hack/test.sh
 #           hack/test.sh -- --test smoke          (only tests/smoke.rs)
-#           hack/test.sh -- --test smoke -- --nocapture
+#           hack/test.sh -- --test e2e -- --nocapture
+#           hack/test.sh -- --test state_machine  (no cluster)
+#           hack/test.sh -- --test real_node a_job_on_the_real_node   (cluster + real node)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source-path=SCRIPTDIR
+source "$ROOT/hack/lib/common.sh"
+
+# tests/ targets that need no cluster; every other one runs against the cluster.
+PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input)
 
 NAME=${DATAJOB_TEST_CLUSTER:-ci}
-CLUSTER_ARGS=()
 CARGO_ARGS=()
 REAL_NODE=1
-while (($#)); do
+test_option() {
   case $1 in
-    --name) NAME=${2:?--name needs a value}; shift 2 ;;
-    --name=*) NAME=${1#*=}; shift ;;
-    --port-base) CLUSTER_ARGS+=(--port-base "${2:?--port-base needs a value}"); shift 2 ;;
-    --port-base=*) CLUSTER_ARGS+=(--port-base "${1#*=}"); shift ;;
-    --) shift; CARGO_ARGS=("$@"); break ;;
-    --no-real-node) REAL_NODE=0; shift ;;
-    -h | --help) sed -n '2,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --) CARGO_ARGS=("${@:2}"); OPTION_ARGS=$# ;;
+    --no-real-node) REAL_NODE=0; OPTION_ARGS=1 ;;
+    -h | --help) usage 22; exit 0 ;;
     *) echo "unknown argument: $1 (cargo test arguments go after --)" >&2; exit 2 ;;
   esac
-done
-CLUSTER=("$ROOT/hack/cluster.sh" --name "$NAME" "${CLUSTER_ARGS[@]}")
+}
+parse_options test_option "$@"
+cluster_command
+STATE=$(state_dir "$NAME")
 
-stamp() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+is_pure() { # is_pure TARGET: a tests/ target in PURE_TESTS
+  local t
+  for t in "${PURE_TESTS[@]}"; do [[ $1 == "$t" ]] && return 0; done
+  return 1
+}
+
+# Every tests/ target cargo builds (tests/NAME.rs, tests/NAME/main.rs) that is not pure; the
+# real node's tests only with the real node.
+CLUSTER_TESTS=()
+for f in tests/*.rs tests/*/main.rs; do
+  [[ -f $f ]] || continue
+  t=${f#tests/}; t=${t%.rs}; t=${t%/main}
+  is_pure "$t" && continue
+  [[ $t == real_node ]] && ((!REAL_NODE)) && continue
+  CLUSTER_TESTS+=("$t")
+done
+
+# with_flag FLAG ITEMS...: prints "FLAG ITEM" for each item, one word a line.
+with_flag() {
+  local flag=$1; shift
+  local item
+  for item in "$@"; do printf '%s\n%s\n' "$flag" "$item"; done
+}
+
 TIMINGS=()
 phase_start=$SECONDS
 phase() { # phase NAME: closes the previous phase's timing
@@ -45,7 +76,8 @@ phase() { # phase NAME: closes the previous phase's timing
   phase_start=$SECONDS
 }
 
-STATE="${XDG_STATE_HOME:-$HOME/.local/state}/datajob-operator/clusters/$NAME"
+CLUSTER_STARTED=0
+REAL_NODE_STARTED=0
 finish() {
   local rc=$?
   trap - EXIT INT TERM
@@ -54,7 +86,7 @@ finish() {
     # The state folder goes with the cluster: keep its logs for a post-mortem.
     local keep="$ROOT/target/cluster-logs/$NAME"
     { rm -rf "$keep" && mkdir -p "$keep" && cp -r "$STATE/logs/." "$keep/"; } || true
-    stamp "tests failed (exit $rc); the cluster's logs are kept in $keep"
+    log "tests failed (exit $rc); the cluster's logs are kept in $keep"
     local f
     for f in "$keep"/*.log; do
       [[ -f $f ]] || continue
@@ -62,15 +94,17 @@ finish() {
       tail -n 15 "$f" >&2 || true
     done
   fi
-  if ((REAL_NODE)); then
-    stamp "taking the real node of '$NAME' down"
+  if ((REAL_NODE_STARTED)); then
+    log "taking the real node of '$NAME' down"
     "$ROOT/hack/real-node.sh" --name "$NAME" down || { ((rc != 0)) || rc=1; }
   fi
-  stamp "bringing cluster '$NAME' down"
-  if ! "${CLUSTER[@]}" down; then
-    ((rc != 0)) || rc=1
+  if ((CLUSTER_STARTED)) || [[ -d $STATE ]]; then
+    log "bringing cluster '$NAME' down"
+    if ! "${CLUSTER[@]}" down; then
+      ((rc != 0)) || rc=1
+    fi
+    phase "cluster down"
   fi
-  phase "cluster down"
   echo >&2
   echo "timings:" >&2
   printf '  %s\n' "${TIMINGS[@]}" >&2
@@ -81,41 +115,110 @@ trap finish EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A leftover cluster of the same name (an interrupted run) is replaced by a fresh one.
-if [[ -d $STATE ]]; then
-  stamp "cluster '$NAME' exists from an earlier run; recreating it"
-  "${CLUSTER[@]}" down
-fi
+# run_cargo_tests PHASE ARGS...: builds, then runs `cargo test ARGS...`, timing both. Cargo's
+# own arguments (before a second --) also apply to the build.
+run_cargo_tests() {
+  local name=$1; shift
+  local build=() a
+  for a in "$@"; do
+    [[ $a == -- ]] && break
+    build+=("$a")
+  done
+  log "building $name: cargo test --no-run ${build[*]}"
+  cargo test --no-run "${build[@]}"
+  phase "cargo build ($name)"
+  log "running $name: cargo test $*"
+  cargo test "$@"
+  phase "$name"
+}
 
-# The real node is needed by tests/real_node only: a narrower run (`-- --test e2e`) goes without.
-if ((${#CARGO_ARGS[@]})) && [[ " ${CARGO_ARGS[*]} " != *real_node* ]]; then
-  REAL_NODE=0
-fi
+# cluster_up: a fresh cluster (a leftover of the same name, from an interrupted run, is
+# replaced), with its environment exported.
+cluster_up() {
+  if [[ -d $STATE ]]; then
+    log "cluster '$NAME' exists from an earlier run; recreating it"
+    "${CLUSTER[@]}" down
+  fi
+  log "building (as needed) and starting cluster '$NAME'"
+  CLUSTER_STARTED=1
+  "${CLUSTER[@]}" up
+  eval "$("${CLUSTER[@]}" env)"
+  phase "build + cluster up"
+}
 
-# Cargo's own arguments (before a second --) also apply to the build.
-BUILD_ARGS=()
-for a in "${CARGO_ARGS[@]}"; do
-  [[ $a == -- ]] && break
-  BUILD_ARGS+=("$a")
-done
-((${#CARGO_ARGS[@]})) || CARGO_ARGS=(--lib --bins --tests)
-((${#BUILD_ARGS[@]})) || BUILD_ARGS=(--lib --bins --tests)
-stamp "building the tests"
-cargo test --no-run "${BUILD_ARGS[@]}"
-phase "cargo build (tests)"
-
-stamp "building (as needed) and starting cluster '$NAME'"
-"${CLUSTER[@]}" up
-eval "$("${CLUSTER[@]}" env)"
-phase "build + cluster up"
-
-if ((REAL_NODE)); then
-  stamp "adding the real node (hack/real-node.sh; builds kubelet, containerd and the images if needed)"
+# real_node_up: the real node on the cluster (builds kubelet, containerd and the images when
+# needed), with its environment exported.
+real_node_up() {
+  log "adding the real node (hack/real-node.sh; builds kubelet, containerd and the images if needed)"
+  REAL_NODE_STARTED=1
   "$ROOT/hack/real-node.sh" --name "$NAME" up
   eval "$("$ROOT/hack/real-node.sh" --name "$NAME" env)"
   phase "real node up (+ builds)"
+}
+
+# may_run_real_node ARGS...: the cargo arguments (before a second --) may select tests/real_node.
+may_run_real_node() {
+  local a expect_test=0 any=0
+  for a in "$@"; do
+    [[ $a == -- ]] && break
+    if ((expect_test)); then
+      [[ $a == real_node ]] && return 0
+      expect_test=0
+      continue
+    fi
+    case $a in
+      --test) expect_test=1; any=1 ;;
+      --test=real_node | --tests | --all-targets) return 0 ;;
+      --test=* | --lib | --bins | --bin | --bin=* | --doc | --bench* | --example*) any=1 ;;
+      *) ;;
+    esac
+  done
+  ((!any)) # no target named: cargo runs them all
+}
+
+# only_pure ARGS...: the cargo arguments (before a second --) select only pure targets.
+only_pure() {
+  local a expect_test=0 any=0
+  for a in "$@"; do
+    [[ $a == -- ]] && break
+    if ((expect_test)); then
+      is_pure "$a" || return 1
+      expect_test=0
+      continue
+    fi
+    case $a in
+      --lib | --bins | --bin | --bin=* | --doc) any=1 ;;
+      --test) expect_test=1; any=1 ;;
+      --test=*) is_pure "${a#*=}" || return 1; any=1 ;;
+      --tests | --all-targets | --benches | --bench | --bench=* | --examples | --example*) return 1 ;;
+      *) ;; # other options, their values, test-name filters
+    esac
+  done
+  ((any)) # no target named: cargo runs them all
+}
+
+if ((${#CARGO_ARGS[@]})); then
+  if only_pure "${CARGO_ARGS[@]}"; then
+    run_cargo_tests "pure tests" "${CARGO_ARGS[@]}"
+  else
+    cluster_up
+    if ((REAL_NODE)) && may_run_real_node "${CARGO_ARGS[@]}"; then
+      real_node_up
+    fi
+    run_cargo_tests "tests" "${CARGO_ARGS[@]}"
+  fi
+  exit 0
 fi
 
-stamp "running cargo test ${CARGO_ARGS[*]}"
-cargo test "${CARGO_ARGS[@]}"
-phase "cargo test"
+mapfile -t pure_args < <(with_flag --test "${PURE_TESTS[@]}")
+run_cargo_tests "pure tests" --lib --bins "${pure_args[@]}"
+mapfile -t cluster_args < <(with_flag --test "${CLUSTER_TESTS[@]}")
+# Built before the cluster starts, so the cluster does not idle through the build.
+log "building the cluster tests"
+cargo test --no-run "${cluster_args[@]}"
+phase "cargo build (cluster tests)"
+cluster_up
+((!REAL_NODE)) || real_node_up
+log "running the cluster tests: cargo test ${cluster_args[*]}"
+cargo test "${cluster_args[@]}"
+phase "cluster tests"

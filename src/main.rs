@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use datajob_operator::leader::LeaderElector;
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
-use datajob_operator::{api, http, reconcile};
+use datajob_operator::{api, controller, http};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -48,6 +48,15 @@ struct RunArgs {
         default_value = "ghcr.io/datajob-dev/datajob-executor:0.1.0"
     )]
     executor_image: String,
+    /// An image prefix executor pods may use (repeatable, or comma-separated in the variable).
+    /// With none, and no `allowedImages` in the job's pool, every image is allowed; otherwise
+    /// a job whose image matches none fails with reason InvalidSpec.
+    #[arg(
+        long = "allowed-image-prefix",
+        env = "DATAJOB_ALLOWED_IMAGE_PREFIXES",
+        value_delimiter = ','
+    )]
+    allowed_image_prefixes: Vec<String>,
     /// Log format.
     #[arg(
         long,
@@ -122,38 +131,19 @@ async fn run(args: RunArgs) -> ExitCode {
         ready: ready.clone(),
         metrics: metrics.clone(),
     };
-    let server = match http::serve(args.http_addr, health).await {
-        Ok((addr, server)) => {
-            info!(%addr, "serving /metrics, /healthz and /readyz");
-            server
-        }
-        Err(e) => {
-            error!(addr = %args.http_addr, error = %e, "failed to bind the HTTP endpoints");
-            return ExitCode::FAILURE;
-        }
-    };
-    tokio::spawn(async move {
-        if let Err(e) = server.await {
-            error!(error = %e, "HTTP endpoints stopped");
-        }
-    });
+    if !serve_endpoints(args.http_addr, health).await {
+        return ExitCode::FAILURE;
+    }
     let instance = args.instance.clone().unwrap_or_else(default_identity);
-    let config = reconcile::Config {
+    let elector = leader_elector(&args, &client, &instance);
+    let config = controller::Config {
         namespace: args.namespace,
         data_plane: args.data_plane,
         executor_image: args.executor_image,
         concurrency: args.concurrency,
         instance: Some(instance.clone()),
+        allowed_image_prefixes: args.allowed_image_prefixes,
     };
-    let elector = args.leader_election.then(|| {
-        LeaderElector::new(
-            client.clone(),
-            &args.lease_namespace,
-            &args.lease_name,
-            &instance,
-            Duration::from_secs(args.lease_duration_seconds.max(3)),
-        )
-    });
     if let Some(elector) = &elector {
         info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");
         tokio::select! {
@@ -161,23 +151,10 @@ async fn run(args: RunArgs) -> ExitCode {
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
     }
-    // Pool status counts jobs of every namespace, so only an all-namespaces instance writes it.
-    let pools = config
-        .namespace
-        .is_none()
-        .then(|| reconcile::pool::run(client.clone()));
     info!(namespace = ?config.namespace, data_plane = ?config.data_plane, "starting the DataJob controller");
-    let controllers = async move {
-        let jobs = reconcile::run(client, config, metrics, move || {
-            ready.store(true, Ordering::Relaxed)
-        });
-        match pools {
-            Some(pools) => {
-                futures::join!(jobs, pools);
-            }
-            None => jobs.await,
-        }
-    };
+    let controllers = controller::run(client, config, metrics, move || {
+        ready.store(true, Ordering::Relaxed)
+    });
     match &elector {
         None => controllers.await,
         Some(elector) => {
@@ -192,6 +169,40 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     info!("controller stopped");
     ExitCode::SUCCESS
+}
+
+/// The candidate in the leader election, when `--leader-election` asks for one.
+fn leader_elector(args: &RunArgs, client: &kube::Client, instance: &str) -> Option<LeaderElector> {
+    args.leader_election.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            instance,
+            Duration::from_secs(args.lease_duration_seconds.max(3)),
+        )
+    })
+}
+
+/// Serves /metrics, /healthz and /readyz in the background; false when the address cannot be
+/// bound.
+async fn serve_endpoints(addr: SocketAddr, health: http::Health) -> bool {
+    let server = match http::serve(addr, health).await {
+        Ok((addr, server)) => {
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+            server
+        }
+        Err(e) => {
+            error!(%addr, error = %e, "failed to bind the HTTP endpoints");
+            return false;
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "HTTP endpoints stopped");
+        }
+    });
+    true
 }
 
 /// Host name and process id, when no instance name is given.

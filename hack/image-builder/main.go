@@ -231,12 +231,19 @@ func main() {
 	fmt.Println(manifestDigest)
 }
 
-func writeLayer(entries map[string]entry, when time.Time) []byte {
-	paths := make([]string, 0, len(entries))
-	for p := range entries {
-		paths = append(paths, p)
+// sortedKeys returns the keys of m in byte order (the archives' entries are sorted so the same
+// input gives the same bytes).
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	sort.Strings(paths)
+	sort.Strings(keys)
+	return keys
+}
+
+func writeLayer(entries map[string]entry, when time.Time) []byte {
+	paths := sortedKeys(entries)
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, p := range paths {
@@ -262,11 +269,7 @@ func writeLayer(entries map[string]entry, when time.Time) []byte {
 // writeArchive writes the OCI layout as a tar (directories first, everything sorted) to a
 // temporary file and renames it into place.
 func writeArchive(out string, files map[string][]byte, when time.Time) error {
-	names := make([]string, 0, len(files))
-	for n := range files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := sortedKeys(files)
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, dir := range []string{"blobs/", "blobs/sha256/"} {

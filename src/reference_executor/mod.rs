@@ -531,6 +531,22 @@ mod tests {
     use super::*;
 
     /// The parsed termination message of a report: `Value::Null` when not JSON.
+    /// What the operator reads from a driver of a `job_type` job of dataset 6404 that exited
+    /// with `exit_code` and wrote `message`.
+    fn operator_reads(
+        job_type: crate::api::JobType,
+        exit_code: i32,
+        message: &str,
+    ) -> crate::executor::DriverOutcome {
+        let spec: crate::api::DataJobSpec = serde_json::from_value(serde_json::json!({
+            "type": job_type.as_str(),
+            "input": { "nql": "SELECT 1", "datasetId": 6404 },
+            "dataPlane": "dp",
+        }))
+        .expect("spec");
+        crate::executor::read_driver_outcome(&spec, exit_code, message)
+    }
+
     fn parsed(report: &Report) -> Value {
         serde_json::from_str(&report.message).unwrap_or(Value::Null)
     }
@@ -580,11 +596,7 @@ mod tests {
             "3f0c9a1e-1111-2222-3333-444455556666"
         );
         // The operator's parser reads it back as the same result.
-        let outcome = crate::executor::read_driver_outcome(
-            crate::api::JobType::MaterializeView,
-            0,
-            &report.message,
-        );
+        let outcome = operator_reads(crate::api::JobType::MaterializeView, 0, &report.message);
         let crate::executor::DriverOutcome::Succeeded(result) = outcome else {
             panic!("the operator rejects the reference result: {outcome:?}");
         };
@@ -613,7 +625,7 @@ mod tests {
             result["forecast"]["nqlFnv1a64"],
             fnv1a64_hex(b"SELECT 1").as_str()
         );
-        let outcome = crate::executor::read_driver_outcome(
+        let outcome = operator_reads(
             crate::api::JobType::NqlForecast,
             0,
             &report(&job, &knobs).message,
@@ -637,11 +649,7 @@ mod tests {
         let report = report(&job, &knobs);
         assert_eq!(report.exit_code, 3);
         assert_eq!(
-            crate::executor::read_driver_outcome(
-                crate::api::JobType::MaterializeView,
-                3,
-                &report.message
-            ),
+            operator_reads(crate::api::JobType::MaterializeView, 3, &report.message),
             crate::executor::DriverOutcome::Failed(
                 "driver exited with code 3 (QueryError): table ds_1 not found".to_string()
             )

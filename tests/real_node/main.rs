@@ -3,14 +3,14 @@
 //! the operator's readiness probe, SIGTERM reaching an executor process, the termination message
 //! read back by a kubelet, and a query larger than one environment string may be.
 //!
-//! Environment: tests/common's (KUBECONFIG, ...) plus `hack/real-node.sh env`
+//! Environment: tests/support's (KUBECONFIG, ...) plus `hack/real-node.sh env`
 //! (DATAJOB_REAL_NODE, DATAJOB_CTR, DATAJOB_CONTAINERD_ADDRESS, DATAJOB_OPERATOR_IMAGE,
 //! DATAJOB_EXECUTOR_IMAGE, DATAJOB_OPERATOR_ARCHIVE, DATAJOB_EXECUTOR_ARCHIVE). Without them the
 //! tests fail with how to start the real node. They share the node, so they run one at a time.
 
-#[path = "../common/mod.rs"]
-mod common;
 mod images;
+mod real;
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::path::Path;
@@ -21,19 +21,19 @@ use datajob_operator::api::{DataJob, JobState};
 use datajob_operator::executor::executor_name;
 use datajob_operator::reference_executor::fnv1a64_hex;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use common::{TestNamespace, kubectl, wait_for};
-use support::{Logs, Operator, PodRecorder, Pool, RealNode, SERIAL, STEP, job, placement};
+use real::{Logs, PodRecorder, Pool, RealNode, SERIAL, job, placement};
+use support::helm::{CHART, helm_ok};
+use support::{Operator, STEP, TestNamespace, cancel, kubectl, state, wait_for, wait_state};
 
-const SNAPSHOT_ID: i64 = 739_881_302_291_276_700;
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/datajob-operator");
+const SNAPSHOT_ID: i64 = support::MATERIALIZE_SNAPSHOT_ID as i64;
 
-fn state_is(state: JobState) -> impl Fn(&DataJob) -> bool {
-    move |job: &DataJob| job.status.as_ref().and_then(|s| s.state) == Some(state)
+fn state_is(expected: JobState) -> impl Fn(&DataJob) -> bool {
+    move |job: &DataJob| state(job) == expected.as_str()
 }
 
 /// What a job test on the real node starts from: the CRDs, a fresh namespace, a ComputePool of
@@ -49,11 +49,11 @@ struct Scene {
 impl Scene {
     async fn new(prefix: &str, cluster_type: &str) -> Scene {
         let real = RealNode::from_env();
-        let client = common::admin_client().await;
+        let client = support::admin_client().await;
         support::install_crds(&client).await;
         let ns = TestNamespace::new(&client, prefix).await;
         let pool = Pool::create(&client, ns.name(), cluster_type).await;
-        let _operator = Operator::start(ns.name(), &real.executor_image);
+        let _operator = Operator::start(ns.name());
         Scene {
             real,
             client,
@@ -62,12 +62,22 @@ impl Scene {
             _operator,
         }
     }
+
+    fn parts(&self) -> (&RealNode, &Client, &TestNamespace, &Pool) {
+        (&self.real, &self.client, &self.ns, &self.pool)
+    }
+
+    /// Starts deleting the namespace; the operator stops when the scene is dropped.
+    async fn finish(self) {
+        self.ns.cleanup().await;
+    }
 }
 
 /// Creates `job` in `namespace` and returns it with its uid.
-async fn create(client: &Client, namespace: &str, job: &DataJob) -> DataJob {
+async fn create(client: &Client, namespace: &str, job: impl Into<DataJob>) -> DataJob {
+    let job = job.into();
     Api::<DataJob>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), job)
+        .create(&PostParams::default(), &job)
         .await
         .unwrap_or_else(|e| panic!("cannot create DataJob {}: {e}", job.name_any()))
 }
@@ -84,22 +94,11 @@ fn pod_name(job: &DataJob, suffix: &str) -> String {
 async fn wait_running_on_real_node(client: &Client, namespace: &str, pod: &str, node: &str) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let running = wait_for(&pods, pod, STEP, |p: &Pod| {
-        support::started_on(p).is_some_and(|(_, started)| started)
+        real::started_on(p).is_some_and(|(_, started)| started)
     })
     .await;
-    let (on, _) = support::started_on(&running).expect("scheduled");
+    let (on, _) = real::started_on(&running).expect("scheduled");
     assert_eq!(on, node, "{pod} runs on {on}, not on the real node");
-}
-
-async fn cancel(client: &Client, namespace: &str, name: &str, reason: &str) {
-    Api::<DataJob>::namespaced(client.clone(), namespace)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "cancel": true, "cancelReason": reason } })),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot cancel {name}: {e}"));
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -119,33 +118,20 @@ fn run_ok(cmd: &mut Command) -> String {
 #[tokio::test]
 async fn a_job_on_the_real_node_completes_with_its_exact_result_and_logs() {
     let _serial = SERIAL.lock().await;
-    let Scene {
-        real,
-        client,
-        ns,
-        pool,
-        _operator,
-    } = Scene::new("real-complete", "shared").await;
+    let scene = Scene::new("real-complete", "shared").await;
+    let (real, client, ns, pool) = scene.parts();
 
-    let manifest = job(
-        "materialize",
-        "materialize-view",
-        "SELECT visits FROM presence",
-        &pool.name,
-        &real.executor_image,
-        &[
-            ("EXECUTOR_WORK_SECONDS", "3"),
-            ("EXECUTOR_SNAPSHOT_ID", &SNAPSHOT_ID.to_string()),
-        ],
-        json!({}),
-    );
-    let created = create(&client, ns.name(), &manifest).await;
+    let manifest = job("materialize", &pool.name, &real.executor_image)
+        .nql("SELECT visits FROM presence")
+        .env("EXECUTOR_WORK_SECONDS", "3")
+        .env("EXECUTOR_SNAPSHOT_ID", &SNAPSHOT_ID.to_string());
+    let created = create(client, ns.name(), manifest).await;
     let driver = pod_name(&created, "driver");
-    wait_running_on_real_node(&client, ns.name(), &driver, &real.node).await;
+    wait_running_on_real_node(client, ns.name(), &driver, &real.node).await;
     let mut logs = Logs::follow(ns.name(), &driver);
 
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
-    let done = wait_for(&jobs, "materialize", STEP, state_is(JobState::Completed)).await;
+    let done = wait_state(&jobs, "materialize", JobState::Completed).await;
     let result = done.status.and_then(|s| s.result).expect("a result");
     assert_eq!(result.snapshot_id, Some(SNAPSHOT_ID), "exact 64-bit id");
     assert_eq!(result.dataset_id, Some(6404));
@@ -168,44 +154,34 @@ async fn a_job_on_the_real_node_completes_with_its_exact_result_and_logs() {
     // The finished driver stays, so `kubectl logs` works after the job completed too.
     let again = run_ok(kubectl().args(["logs", "-n", ns.name(), &driver]));
     assert!(again.contains("exiting with code 0"), "{again}");
-    ns.cleanup().await;
+    scene.finish().await;
 }
 
 #[tokio::test]
 async fn cancelling_a_running_executor_delivers_sigterm_and_ends_cancelled() {
     let _serial = SERIAL.lock().await;
-    let Scene {
-        real,
-        client,
-        ns,
-        pool,
-        _operator,
-    } = Scene::new("real-cancel", "shared").await;
-    let recorder = PodRecorder::start(&client, ns.name());
+    let scene = Scene::new("real-cancel", "shared").await;
+    let (real, client, ns, pool) = scene.parts();
+    let recorder = PodRecorder::start(client, ns.name());
 
     const GRACE: i64 = 60;
-    let manifest = job(
-        "long-running",
-        "nql-forecast",
-        "FORECAST visits",
-        &pool.name,
-        &real.executor_image,
-        &[
-            ("EXECUTOR_WORK_SECONDS", "3600"),
-            ("EXECUTOR_SHUTDOWN_SECONDS", "1"),
-        ],
-        json!({ "terminationGracePeriodSeconds": GRACE }),
-    );
-    let created = create(&client, ns.name(), &manifest).await;
+    let manifest = job("long-running", &pool.name, &real.executor_image)
+        .job_type("nql-forecast")
+        .nql("FORECAST visits")
+        .dataset_id(None)
+        .grace_period(GRACE)
+        .env("EXECUTOR_WORK_SECONDS", "3600")
+        .env("EXECUTOR_SHUTDOWN_SECONDS", "1");
+    let created = create(client, ns.name(), manifest).await;
     let driver = pod_name(&created, "driver");
-    wait_running_on_real_node(&client, ns.name(), &driver, &real.node).await;
+    wait_running_on_real_node(client, ns.name(), &driver, &real.node).await;
     let mut logs = Logs::follow(ns.name(), &driver);
     logs.wait_for("working: 1 of", STEP).await;
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
-    wait_for(&jobs, "long-running", STEP, state_is(JobState::Running)).await;
+    wait_state(&jobs, "long-running", JobState::Running).await;
 
     let requested = Instant::now();
-    cancel(&client, ns.name(), "long-running", "real-node test").await;
+    cancel(&jobs, "long-running", "real-node test").await;
     let cancelled = wait_for(
         &jobs,
         "long-running",
@@ -239,38 +215,29 @@ async fn cancelling_a_running_executor_delivers_sigterm_and_ends_cancelled() {
     // The kubelet saw the process exit by itself (143), not killed at the end of the grace
     // period (137): the wait tracked the executor's shutdown.
     assert_eq!(recorder.wait_exit_code(&driver, STEP).await, 143);
-    ns.cleanup().await;
+    scene.finish().await;
 }
 
 #[tokio::test]
 async fn a_dedicated_job_runs_driver_and_workers_as_real_containers_and_cancels_cleanly() {
     let _serial = SERIAL.lock().await;
-    let Scene {
-        real,
-        client,
-        ns,
-        pool,
-        _operator,
-    } = Scene::new("real-dedicated", "dedicated").await;
-    let recorder = PodRecorder::start(&client, ns.name());
+    let scene = Scene::new("real-dedicated", "dedicated").await;
+    let (real, client, ns, pool) = scene.parts();
+    let recorder = PodRecorder::start(client, ns.name());
 
-    let manifest = job(
-        "dedicated",
-        "materialize-view",
-        "SELECT 1",
-        &pool.name,
-        &real.executor_image,
-        &[("EXECUTOR_WORK_SECONDS", "3600")],
-        json!({ "workers": 2, "terminationGracePeriodSeconds": 60 }),
-    );
-    let created = create(&client, ns.name(), &manifest).await;
+    let manifest = job("dedicated", &pool.name, &real.executor_image)
+        .nql("SELECT 1")
+        .workers(2)
+        .grace_period(60)
+        .env("EXECUTOR_WORK_SECONDS", "3600");
+    let created = create(client, ns.name(), manifest).await;
     let names: Vec<String> = ["driver", "worker-0", "worker-1"]
         .iter()
         .map(|s| pod_name(&created, s))
         .collect();
     let mut logs = Vec::new();
     for pod in &names {
-        wait_running_on_real_node(&client, ns.name(), pod, &real.node).await;
+        wait_running_on_real_node(client, ns.name(), pod, &real.node).await;
         logs.push(Logs::follow(ns.name(), pod));
     }
     logs[0].wait_for("working for", STEP).await;
@@ -280,10 +247,10 @@ async fn a_dedicated_job_runs_driver_and_workers_as_real_containers_and_cancels_
             .await;
     }
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
-    wait_for(&jobs, "dedicated", STEP, state_is(JobState::Running)).await;
+    wait_state(&jobs, "dedicated", JobState::Running).await;
 
     let requested = Instant::now();
-    cancel(&client, ns.name(), "dedicated", "real-node test").await;
+    cancel(&jobs, "dedicated", "real-node test").await;
     wait_for(&jobs, "dedicated", STEP * 2, state_is(JobState::Cancelled)).await;
     println!(
         "dedicated job with 2 workers: cancel -> cancelled in {:.2} s (grace period 60 s)",
@@ -302,7 +269,7 @@ async fn a_dedicated_job_runs_driver_and_workers_as_real_containers_and_cancels_
         );
         assert_eq!(recorder.wait_exit_code(pod, STEP).await, 143, "{pod}");
     }
-    ns.cleanup().await;
+    scene.finish().await;
 }
 
 // Until the tenant-boundary work (issue 7) passes the query as a file (DATAJOB_NQL_FILE), the
@@ -312,13 +279,8 @@ async fn a_dedicated_job_runs_driver_and_workers_as_real_containers_and_cancels_
 #[ignore = "needs DATAJOB_NQL_FILE from issue 7; today the exec fails (see docs/real-node.md)"]
 async fn a_query_over_128_kib_reaches_the_executor_intact() {
     let _serial = SERIAL.lock().await;
-    let Scene {
-        real,
-        client,
-        ns,
-        pool,
-        _operator,
-    } = Scene::new("real-big-query", "shared").await;
+    let scene = Scene::new("real-big-query", "shared").await;
+    let (real, client, ns, pool) = scene.parts();
 
     // 200 KiB: above the kernel's 128 KiB limit for one environment string, below the CRD's
     // 256 KiB limit for spec.input.nql.
@@ -329,16 +291,12 @@ async fn a_query_over_128_kib_reaches_the_executor_intact() {
         i += 1;
     }
     nql.push_str("'last')");
-    let manifest = job(
-        "big-query",
-        "nql-forecast",
-        &nql,
-        &pool.name,
-        &real.executor_image,
-        &[("EXECUTOR_WORK_SECONDS", "1")],
-        json!({}),
-    );
-    create(&client, ns.name(), &manifest).await;
+    let manifest = job("big-query", &pool.name, &real.executor_image)
+        .job_type("nql-forecast")
+        .nql(&nql)
+        .dataset_id(None)
+        .env("EXECUTOR_WORK_SECONDS", "1");
+    create(client, ns.name(), manifest).await;
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
     let done = wait_for(&jobs, "big-query", STEP, |j: &DataJob| {
         j.status
@@ -365,7 +323,7 @@ async fn a_query_over_128_kib_reaches_the_executor_intact() {
         json!(fnv1a64_hex(nql.as_bytes())),
         "the executor received the query unchanged"
     );
-    ns.cleanup().await;
+    scene.finish().await;
 }
 
 /// What an installed release leaves for the test to use.
@@ -379,28 +337,19 @@ struct Installed {
     fullname: String,
     pool: Pool,
     manifest: DataJob,
-    _release: support::Release,
+    _release: real::Release,
 }
 
 /// `helm install` of the chart with the local operator image on the real node; checks the
 /// Deployment became Available through the real readiness probe and that the operator in its
 /// pod runs a job to completion.
 async fn install_on_real_node(real: &RealNode) -> Installed {
-    let client = common::admin_client().await;
+    let client = support::admin_client().await;
     support::install_crds(&client).await;
     let ns = TestNamespace::new(&client, "real-helm").await;
     let namespace = ns.name().to_string();
     // The operator pod must be admitted under the "restricted" Pod Security Standard.
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &namespace,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "labels": {
-                "pod-security.kubernetes.io/enforce": "restricted",
-            }}})),
-        )
-        .await
-        .expect("label the namespace");
+    support::enforce_restricted(&client, &namespace).await;
     let (repository, tag) = real
         .operator_image
         .rsplit_once(':')
@@ -423,10 +372,10 @@ async fn install_on_real_node(real: &RealNode) -> Installed {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("real-helm-{suffix}.values.json"));
     std::fs::write(&values_file, values.to_string()).expect("values file");
     let values_arg = values_file.display().to_string();
-    let release = support::Release::new(&namespace);
+    let release = real::Release::new(&namespace);
 
     let started = Instant::now();
-    support::helm(&[
+    helm_ok(&[
         "install",
         &namespace,
         CHART,
@@ -443,8 +392,8 @@ async fn install_on_real_node(real: &RealNode) -> Installed {
         started.elapsed().as_secs_f64()
     );
     let fullname = format!("{namespace}-datajob-operator");
-    let pod = support::operator_pod(&client, &namespace, &fullname).await;
-    support::assert_ready_on(&pod, &real.node, &real.operator_image);
+    let pod = real::operator_pod(&client, &namespace, &fullname).await;
+    real::assert_ready_on(&pod, &real.node, &real.operator_image);
     let operator_log = run_ok(kubectl().args(["logs", "-n", &namespace, &pod.name_any()]));
     assert!(
         operator_log.contains("caches synced"),
@@ -453,21 +402,14 @@ async fn install_on_real_node(real: &RealNode) -> Installed {
 
     // The operator in its pod reconciles a job whose executor runs on the real node too.
     let pool = Pool::create(&client, &format!("{namespace}-pool"), "shared").await;
-    let manifest = job(
-        "via-helm",
-        "materialize-view",
-        "SELECT 1",
-        &pool.name,
-        &real.executor_image,
-        &[
-            ("EXECUTOR_WORK_SECONDS", "1"),
-            ("EXECUTOR_SNAPSHOT_ID", &SNAPSHOT_ID.to_string()),
-        ],
-        json!({}),
-    );
-    create(&client, &namespace, &manifest).await;
+    let manifest: DataJob = job("via-helm", &pool.name, &real.executor_image)
+        .nql("SELECT 1")
+        .env("EXECUTOR_WORK_SECONDS", "1")
+        .env("EXECUTOR_SNAPSHOT_ID", &SNAPSHOT_ID.to_string())
+        .build();
+    create(&client, &namespace, manifest.clone()).await;
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), &namespace);
-    let done = wait_for(&jobs, "via-helm", STEP, state_is(JobState::Completed)).await;
+    let done = wait_state(&jobs, "via-helm", JobState::Completed).await;
     assert_eq!(
         done.status
             .and_then(|s| s.result)
@@ -531,7 +473,7 @@ async fn helm_upgrade_to_a_second_tag_rolls_the_operator_on_the_real_node() {
         &format!("{repository}:{next_tag}"),
     ]);
     let started = Instant::now();
-    support::helm(&[
+    helm_ok(&[
         "upgrade",
         &namespace,
         CHART,
@@ -562,14 +504,14 @@ async fn helm_upgrade_to_a_second_tag_rolls_the_operator_on_the_real_node() {
         deployment.metadata.generation,
         deployment.status.and_then(|s| s.observed_generation)
     );
-    let pod = support::operator_pod(&client, &namespace, &fullname).await;
-    support::assert_ready_on(&pod, &real.node, &format!("{repository}:{next_tag}"));
+    let pod = real::operator_pod(&client, &namespace, &fullname).await;
+    real::assert_ready_on(&pod, &real.node, &format!("{repository}:{next_tag}"));
 
     // The upgraded operator still reconciles.
     let mut again = manifest.clone();
     again.metadata.name = Some("after-upgrade".to_string());
-    create(&client, &namespace, &again).await;
-    wait_for(&jobs, "after-upgrade", STEP, state_is(JobState::Completed)).await;
+    create(&client, &namespace, again).await;
+    wait_state(&jobs, "after-upgrade", JobState::Completed).await;
     drop(pool);
     ns.cleanup().await;
 }

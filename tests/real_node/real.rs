@@ -1,6 +1,6 @@
-//! What the real-node tests need besides tests/common: the real node's coordinates (from
-//! `hack/real-node.sh env`), the CRDs, a local operator process, ComputePools that target the
-//! real node, DataJob manifests, `kubectl logs -f` followers and a recorder of pod states.
+//! What the real-node tests need besides tests/support: the real node's coordinates (from
+//! `hack/real-node.sh env`), ComputePools and DataJobs that target it, `kubectl logs -f`
+//! followers, a recorder of pod states, and the operator installed by Helm.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -9,19 +9,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datajob_operator::api::{ComputePool, DataJob};
+use datajob_operator::api::ComputePool;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
-use kube::{Client, CustomResourceExt, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::common::wait_established;
-
-/// How long a test waits for one expected change on the real node.
-pub const STEP: Duration = Duration::from_secs(120);
+use crate::support::helm::helm;
+use crate::support::{DataJobBuilder, STEP, compute_pool, datajob, kubectl};
 
 /// Node label and taint of the real node (hack/real-node.sh).
 pub const NODE_KIND: &str = "datajob.dev/node-kind";
@@ -89,22 +86,6 @@ pub fn placement() -> (Value, Value) {
     )
 }
 
-/// Server-side applies the CRDs of this tree and waits until they are served.
-pub async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [DataJob::crd(), ComputePool::crd()] {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("datajob-real-node-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot apply CRD {name}: {e}"));
-        wait_established(client, &name, STEP).await;
-    }
-}
-
 /// A ComputePool that targets the real node; deleted when dropped.
 pub struct Pool {
     client: Client,
@@ -114,18 +95,15 @@ pub struct Pool {
 impl Pool {
     pub async fn create(client: &Client, name: &str, cluster_type: &str) -> Pool {
         let (node_selector, tolerations) = placement();
-        let pool: ComputePool = serde_json::from_value(json!({
-            "apiVersion": "datajob.dev/v1alpha1",
-            "kind": "ComputePool",
-            "metadata": { "name": name },
-            "spec": {
+        let pool = compute_pool(
+            name,
+            json!({
                 "clusterType": cluster_type,
                 "maxConcurrentJobs": 0,
                 "nodeSelector": node_selector,
                 "tolerations": tolerations,
-            }
-        }))
-        .expect("pool manifest");
+            }),
+        );
         Api::<ComputePool>::all(client.clone())
             .create(&PostParams::default(), &pool)
             .await
@@ -148,82 +126,19 @@ impl Drop for Pool {
     }
 }
 
-/// A DataJob manifest on `pool` running `image` with the reference executor's knobs `knobs`.
-pub fn job(
-    name: &str,
-    job_type: &str,
-    nql: &str,
-    pool: &str,
-    image: &str,
-    knobs: &[(&str, &str)],
-    extra_executor: Value,
-) -> DataJob {
-    let mut executor = json!({
-        "image": image,
-        "env": knobs.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
-    });
-    if let (Some(target), Some(extra)) = (executor.as_object_mut(), extra_executor.as_object()) {
-        target.extend(extra.clone());
-    }
-    let mut input = json!({ "nql": nql });
-    if job_type == "materialize-view" {
-        input["datasetId"] = json!(6404);
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "datajob.dev/v1alpha1",
-        "kind": "DataJob",
-        "metadata": { "name": name },
-        "spec": {
-            "type": job_type,
-            "dataPlane": "real",
-            "computePool": pool,
-            "input": input,
-            "executor": executor,
-        }
-    }))
-    .expect("DataJob manifest")
+/// A DataJob on data plane `real` and `pool`, running `image` (the reference executor, whose
+/// knobs the caller adds with `.env(...)`).
+pub fn job(name: &str, pool: &str, image: &str) -> DataJobBuilder {
+    datajob(name)
+        .data_plane("real")
+        .pool(pool)
+        .merged(json!({ "executor": { "image": image } }))
 }
 
 fn log_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-node-logs");
     std::fs::create_dir_all(&dir).expect("log folder");
     dir
-}
-
-/// The operator binary of this build, watching one namespace; killed when dropped.
-pub struct Operator {
-    child: Child,
-}
-
-impl Operator {
-    /// Logs to `<CARGO_TARGET_TMPDIR>/real-node-logs/operator-<namespace>.log`.
-    pub fn start(namespace: &str, executor_image: &str) -> Operator {
-        let log = log_dir().join(format!("operator-{namespace}.log"));
-        let file = File::create(&log).expect("operator log");
-        let child = Command::new(env!("CARGO_BIN_EXE_datajob-operator"))
-            .args([
-                "--namespace",
-                namespace,
-                "--executor-image",
-                executor_image,
-                "--http-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "text",
-            ])
-            .stdout(file.try_clone().expect("log handle"))
-            .stderr(file)
-            .spawn()
-            .expect("start the operator");
-        Operator { child }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `kubectl logs -f` of one pod's executor container, into a file; stopped when dropped.
@@ -238,9 +153,10 @@ impl Logs {
     pub fn follow(namespace: &str, pod: &str) -> Logs {
         let path = log_dir().join(format!("{namespace}-{pod}.log"));
         let file = File::create(&path).expect("log file");
-        let program = std::env::var("DATAJOB_KUBECTL").unwrap_or_else(|_| "kubectl".to_string());
-        let child = Command::new(program)
-            .args(["logs", "-f", "-n", namespace, pod, "-c", "executor"])
+        // A stream lasts as long as the container: no request timeout.
+        let child = kubectl()
+            .args(["--request-timeout=0", "logs", "-f", "-n", namespace, pod])
+            .args(["-c", "executor"])
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .stdin(Stdio::null())
@@ -385,27 +301,6 @@ pub fn started_on(pod: &Pod) -> Option<(String, bool)> {
     Some((node, started))
 }
 
-/// Runs helm (`$HELM`, else `helm` from `PATH`) and returns its stdout; panics on failure.
-pub fn helm(args: &[&str]) -> String {
-    let program = std::env::var("HELM")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "helm".to_string());
-    let out = Command::new(&program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (put helm on PATH or set HELM): {e}"));
-    assert!(
-        out.status.success(),
-        "helm {} failed ({}):\n{}\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A Helm release named like its namespace; uninstalled when dropped (its cluster-scoped
 /// roles go with it).
 pub struct Release {
@@ -422,10 +317,7 @@ impl Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let program = std::env::var("HELM").unwrap_or_else(|_| "helm".to_string());
-        let _ = Command::new(program)
-            .args(["uninstall", &self.name, "--namespace", &self.name, "--wait"])
-            .output();
+        let _ = helm(&["uninstall", &self.name, "--namespace", &self.name, "--wait"]);
     }
 }
 
