@@ -272,11 +272,10 @@ async fn a_dedicated_job_runs_driver_and_workers_as_real_containers_and_cancels_
     scene.finish().await;
 }
 
-// Until the tenant-boundary work (issue 7) passes the query as a file (DATAJOB_NQL_FILE), the
-// query is one environment string: on a real kubelet the container's exec fails with E2BIG
-// and the job ends `failed` with "driver exited with code 1 and left no termination message".
+// Linux refuses one environment string over 128 KiB (the container's exec fails with E2BIG):
+// the query reaches the executor as a file of the job's query ConfigMap (DATAJOB_NQL_FILE),
+// and DATAJOB_NQL stays empty above 64 KiB. This proves issue 7's query files on a kubelet.
 #[tokio::test]
-#[ignore = "needs DATAJOB_NQL_FILE from issue 7; today the exec fails (see docs/real-node.md)"]
 async fn a_query_over_128_kib_reaches_the_executor_intact() {
     let _serial = SERIAL.lock().await;
     let scene = Scene::new("real-big-query", "shared").await;
@@ -296,7 +295,7 @@ async fn a_query_over_128_kib_reaches_the_executor_intact() {
         .nql(&nql)
         .dataset_id(None)
         .env("EXECUTOR_WORK_SECONDS", "1");
-    create(client, ns.name(), manifest).await;
+    let created = create(client, ns.name(), manifest).await;
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
     let done = wait_for(&jobs, "big-query", STEP, |j: &DataJob| {
         j.status
@@ -323,6 +322,15 @@ async fn a_query_over_128_kib_reaches_the_executor_intact() {
         json!(fnv1a64_hex(nql.as_bytes())),
         "the executor received the query unchanged"
     );
+    // It read the mounted file of the job's query ConfigMap.
+    let driver = pod_name(&created, "driver");
+    let log = run_ok(kubectl().args(["logs", "-n", ns.name(), &driver]));
+    let read = format!(
+        "nql: {} bytes, fnv1a64 {}, from file /var/run/datajob/query/nql",
+        nql.len(),
+        fnv1a64_hex(nql.as_bytes())
+    );
+    assert!(log.contains(&read), "the log lacks {read:?}:\n{log}");
     scene.finish().await;
 }
 
