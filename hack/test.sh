@@ -28,7 +28,7 @@ cd "$ROOT"
 source "$ROOT/hack/lib/common.sh"
 
 # tests/ targets that need no cluster; every other one runs against the cluster.
-PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input)
+PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input api_reference operator_binary jobs_api_openapi)
 
 NAME=${DATAJOB_TEST_CLUSTER:-ci}
 CARGO_ARGS=()

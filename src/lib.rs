@@ -5,16 +5,22 @@
 //! status), [`controller`] the kube glue around it (watches, observe -> decide -> apply ->
 //! status), [`executor`] the executor pods and the contract with the executor image,
 //! [`telemetry`] logs and metrics, [`http`] the metrics and health endpoints, [`leader`]
-//! leader election, and [`reference_executor`] the reference executor image's program
-//! (`datajob-executor`).
+//! leader election, [`plugin`] the kubectl plugin, [`jobs_api`] the seed's Jobs REST API
+//! served over DataJobs (`datajob-operator api`), and [`reference_executor`] the reference
+//! executor image's program (`datajob-executor`).
 
 pub mod api;
 pub mod controller;
 pub mod domain;
 pub mod executor;
 pub mod http;
+pub mod jobs_api;
 pub mod leader;
+pub mod plugin;
+pub mod probe;
+pub mod reference;
 pub mod reference_executor;
+pub mod startup;
 pub mod telemetry;
 
 /// Name of the operator: field manager of everything it writes, Event reporter, label value.

@@ -50,6 +50,7 @@ pub async fn run(
     let (pools, pool_writer) = reflector::store_shared(SHARED_BUFFER);
     let (pods, pod_writer) = reflector::store();
     let stores = Stores { jobs, pods, pools };
+    metrics.count_jobs_with(crate::telemetry::count_jobs_in(stores.jobs.clone()));
     tokio::spawn(signal_ready(stores.clone(), ready));
     // Subscribe before the watches start; a subscriber nobody reads would stall its watch.
     let pool_status = config
