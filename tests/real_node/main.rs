@@ -365,6 +365,8 @@ async fn install_on_real_node(real: &RealNode) -> Installed {
     let suffix = namespace.trim_start_matches("real-helm-");
     let (node_selector, tolerations) = placement();
     let values = json!({
+        // The CRDs are the test suite's (support::install_crds), shared by every release.
+        "crds": { "enabled": false },
         "image": { "repository": repository, "tag": tag, "pullPolicy": "Never" },
         "executor": { "image": real.executor_image },
         "watchNamespace": namespace,
