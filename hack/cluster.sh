@@ -3,7 +3,7 @@
 # kube-controller-manager, kube-scheduler and kwok (fake nodes and the kubelet's pod lifecycle).
 # Binaries are built from their Go modules into a cache folder on first use.
 #
-#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] up|down|env|status
+#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] [--audit] up|down|env|status
 #
 #   up      build what is missing, start the cluster (a running one is left as it is), wait
 #           until it is ready and print how to use it
@@ -16,6 +16,9 @@
 # $DATAJOB_PORT_BASE is given, the ports: dev 16400, ci 16500, any other name 17000 + 10 * (cksum
 # of the name mod 300). Ports: base+0 kube-apiserver, +1 etcd client, +2 etcd peer,
 # +3 kube-controller-manager, +4 kube-scheduler, +5 kwok. See docs/control-plane.md.
+# --audit: the API server writes an audit log (STATE/audit.log: every write at Metadata level,
+# Lease writes with their response; hack/chaos.sh reads it); a cluster started with it keeps it
+# when `up` restarts a stopped API server.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 
@@ -27,7 +30,7 @@ source "$ROOT/hack/lib/pki.sh"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 usage() {
-  sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+  sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 
@@ -38,6 +41,7 @@ die() { log "error: $*"; exit 1; }
 NAME=${DATAJOB_CLUSTER:-dev}
 PORT_BASE=${DATAJOB_PORT_BASE:-}
 NODES=${DATAJOB_NODES:-6}
+AUDIT=0
 CMD=""
 while (($#)); do
   case $1 in
@@ -47,6 +51,7 @@ while (($#)); do
     --port-base=*) PORT_BASE=${1#*=}; shift ;;
     --nodes) NODES=${2:?--nodes needs a value}; shift 2 ;;
     --nodes=*) NODES=${1#*=}; shift ;;
+    --audit) AUDIT=1; shift ;;
     -h | --help) usage ;;
     up | down | env | status)
       [[ -z $CMD ]] || usage
@@ -218,6 +223,28 @@ write_kwok_config() {
   done
 }
 
+# The audit policy: every write, except those of the cluster's own components, at Metadata
+# level (who, which user agent, what, when, the answer); writes of Leases with their response
+# (the holder). Reads are not logged.
+write_audit_policy() {
+  cat >"$STATE/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    users: ["kwok", "system:kube-scheduler", "system:kube-controller-manager", "system:apiserver"]
+  - level: None
+    userGroups: ["system:serviceaccounts", "system:nodes"]
+  - level: RequestResponse
+    verbs: ["create", "update", "patch", "delete"]
+    resources: [{ group: "coordination.k8s.io", resources: ["leases"] }]
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+EOF
+}
+
 write_cluster_env() {
   cat >"$STATE/cluster.env" <<EOF
 NAME=$NAME
@@ -314,7 +341,14 @@ cmd_up() {
     --log-level=warn
   wait_until "etcd to accept connections" 30 etcd port_in_use "$ETCD_PORT"
 
+  local audit_args=()
+  if ((AUDIT)) || [[ -f $STATE/audit-policy.yaml ]]; then
+    write_audit_policy
+    audit_args=(--audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$STATE/audit.log"
+      --audit-log-maxsize=4096 --audit-log-mode=blocking)
+  fi
   start kube-apiserver "$BIN_KUBE_APISERVER" \
+    "${audit_args[@]}" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \

@@ -3,9 +3,13 @@
 //! The crate is a library with a thin binary. [`api`] holds the custom resources,
 //! [`executor`] the executor pod templates and the contract with the executor image,
 //! [`reconcile`] the controller (observe -> decide -> apply -> status), [`telemetry`] logs and
-//! metrics, [`http`] the metrics and health endpoints, and [`leader`] leader election.
+//! metrics, [`http`] the metrics and health endpoints, [`caches`] the watches every replica
+//! keeps (leader or standby), [`leader`] leader election and [`client`] the API clients (user
+//! agent per instance; writes fenced by the leader Lease).
 
 pub mod api;
+pub mod caches;
+pub mod client;
 pub mod executor;
 pub mod http;
 pub mod leader;

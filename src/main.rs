@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use datajob_operator::leader::LeaderElector;
+use datajob_operator::caches::{Caches, Scope};
+use datajob_operator::leader::{Fence, LeaderElector, Timing};
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
-use datajob_operator::{api, http, reconcile};
+use datajob_operator::{api, client, http, reconcile};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -109,10 +110,26 @@ fn print_crds() -> ExitCode {
 
 async fn run(args: RunArgs) -> ExitCode {
     telemetry::init_logging(args.log_format);
-    let client = match kube::Client::try_default().await {
-        Ok(client) => client,
+    let instance = args.instance.clone().unwrap_or_else(default_identity);
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
         Err(e) => {
-            error!(error = %e, "failed to build a Kubernetes client (kubeconfig or in-cluster config)");
+            error!(error = %e, "failed to load a Kubernetes client configuration (kubeconfig or in-cluster)");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Writes of the controllers go through the fence; the elector's own client is not fenced.
+    let fence = if args.leader_election {
+        Fence::closed()
+    } else {
+        Fence::open()
+    };
+    let clients = client::build(config.clone(), &instance, Some(fence.clone()))
+        .and_then(|fenced| Ok((fenced, client::build(config, &instance, None)?)));
+    let (client, election_client) = match clients {
+        Ok(clients) => clients,
+        Err(e) => {
+            error!(error = %e, "failed to build a Kubernetes client");
             return ExitCode::FAILURE;
         }
     };
@@ -137,7 +154,22 @@ async fn run(args: RunArgs) -> ExitCode {
             error!(error = %e, "HTTP endpoints stopped");
         }
     });
-    let instance = args.instance.clone().unwrap_or_else(default_identity);
+    // Every replica keeps its caches, leader or not: ready means "this process can serve".
+    let caches = Caches::start(
+        &client,
+        &Scope {
+            namespace: args.namespace.clone(),
+            data_plane: args.data_plane.clone(),
+        },
+    );
+    tokio::spawn({
+        let caches = caches.clone();
+        async move {
+            caches.wait_synced().await;
+            info!("caches synced; ready");
+            ready.store(true, Ordering::Release);
+        }
+    });
     let config = reconcile::Config {
         namespace: args.namespace,
         data_plane: args.data_plane,
@@ -147,18 +179,20 @@ async fn run(args: RunArgs) -> ExitCode {
     };
     let elector = args.leader_election.then(|| {
         LeaderElector::new(
-            client.clone(),
+            election_client,
             &args.lease_namespace,
             &args.lease_name,
             &instance,
-            Duration::from_secs(args.lease_duration_seconds.max(3)),
+            Timing::for_lease_duration(Duration::from_secs(args.lease_duration_seconds)),
+            fence,
         )
     });
+    metrics.set_leader(elector.is_none());
     if let Some(elector) = &elector {
         info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");
         tokio::select! {
-            () = elector.acquire() => {}
-            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            () = elector.acquire(|_| {}) => metrics.set_leader(true),
+            () = shutdown_signal() => return ExitCode::SUCCESS,
         }
     }
     // Pool status counts jobs of every namespace, so only an all-namespaces instance writes it.
@@ -168,23 +202,27 @@ async fn run(args: RunArgs) -> ExitCode {
         .then(|| reconcile::pool::run(client.clone()));
     info!(namespace = ?config.namespace, data_plane = ?config.data_plane, "starting the DataJob controller");
     let controllers = async move {
-        let jobs = reconcile::run(client, config, metrics, move || {
-            ready.store(true, Ordering::Relaxed)
-        });
+        let jobs = reconcile::run(client, config, metrics.clone(), caches);
         match pools {
             Some(pools) => {
                 futures::join!(jobs, pools);
             }
             None => jobs.await,
         }
+        metrics
     };
     match &elector {
-        None => controllers.await,
+        None => {
+            controllers.await;
+        }
         Some(elector) => {
             tokio::select! {
-                () = controllers => elector.release().await,
+                metrics = controllers => {
+                    elector.release().await;
+                    metrics.set_leader(false);
+                }
                 lost = elector.keep() => {
-                    error!(error = %lost, "stopping: another replica may lead now");
+                    error!(error = %lost, "stopped leading; exiting so that a fresh process stands by");
                     return ExitCode::FAILURE;
                 }
             }
@@ -192,6 +230,21 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     info!("controller stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 /// Host name and process id, when no instance name is given.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -46,6 +47,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     errors: Family<ErrorLabels, Counter>,
     transitions: Family<StateLabels, Counter>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -71,12 +73,19 @@ impl Default for Metrics {
             "DataJob state changes recorded, by new state",
             transitions.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this instance leads (or runs without leader election), else 0",
+            leader.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             reconcile_duration,
             errors,
             transitions,
+            leader,
         }
     }
 }
@@ -104,6 +113,11 @@ impl Metrics {
                 state: state.to_string(),
             })
             .inc();
+    }
+
+    /// Records whether this instance leads.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     /// The metrics in the Prometheus text format.

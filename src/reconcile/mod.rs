@@ -20,15 +20,15 @@ use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::api::datajob::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
 use crate::api::{ComputePool, DataJob, JobState};
-use crate::executor::{self, ExecutorTemplate};
+use crate::caches::Caches;
+use crate::executor::ExecutorTemplate;
 use crate::telemetry::Metrics;
 use decide::Plan;
 use error::Error;
@@ -95,47 +95,11 @@ impl Context {
     }
 }
 
-/// Runs the controller until a shutdown signal. `ready` is called once the caches are synced.
-pub async fn run(
-    client: Client,
-    config: Config,
-    metrics: Arc<Metrics>,
-    ready: impl FnOnce() + Send + 'static,
-) {
-    let (jobs_api, pods_api): (Api<DataJob>, Api<Pod>) = match &config.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let pools_api: Api<ComputePool> = Api::all(client.clone());
-
-    let mut job_watch = watcher::Config::default().any_semantic();
-    if let Some(plane) = &config.data_plane {
-        job_watch = job_watch.fields(&format!("spec.dataPlane={plane}"));
-    }
-    let mut pod_selector = executor::managed_pods_selector();
-    if let Some(plane) = &config.data_plane {
-        pod_selector.push_str(&format!(",{}={plane}", executor::LABEL_DATA_PLANE));
-    }
-    let pod_watch = watcher::Config::default()
-        .labels(&pod_selector)
-        .any_semantic();
-
-    let (pods, pod_writer) = reflector::store();
-    let pod_stream = reflector::reflector(pod_writer, watcher(pods_api, pod_watch))
-        .default_backoff()
-        .touched_objects();
-    let (pools, pool_writer) = reflector::store();
-    let pool_stream =
-        reflector::reflector(pool_writer, watcher(pools_api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-
+/// Runs the controller on the shared `caches` until a shutdown signal.
+pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, caches: Caches) {
+    let jobs = caches.jobs.store();
     let (wake, wake_stream) = mpsc::unbounded();
-    let controller = Controller::new(jobs_api, job_watch);
-    let jobs = controller.store();
+    let controller = Controller::for_shared_stream(caches.jobs.subscribe(), jobs.clone());
     let jobs_for_pools = jobs.clone();
     let reporter = Reporter {
         controller: crate::OPERATOR_NAME.to_string(),
@@ -147,8 +111,8 @@ pub async fn run(
         client,
         config,
         jobs: jobs.clone(),
-        pods: pods.clone(),
-        pools: pools.clone(),
+        pods: caches.pods.store(),
+        pools: caches.pools.store(),
         metrics,
         admitted: Mutex::new(HashSet::new()),
         failures: std::sync::Mutex::new(HashMap::new()),
@@ -156,24 +120,10 @@ pub async fn run(
         wake,
     });
 
-    let readiness = {
-        let (jobs, pods, pools) = (jobs.clone(), pods.clone(), pools.clone());
-        async move {
-            let synced = jobs.wait_until_ready().await.is_ok()
-                && pods.wait_until_ready().await.is_ok()
-                && pools.wait_until_ready().await.is_ok();
-            if synced {
-                info!("caches synced; reconciling");
-                ready();
-            }
-        }
-    };
-    tokio::spawn(readiness);
-
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .owns_stream(pod_stream)
-        .watches_stream(pool_stream, move |pool: ComputePool| {
+        .owns_shared_stream(caches.pods.subscribe())
+        .watches_shared_stream(caches.pools.subscribe(), move |pool: Arc<ComputePool>| {
             let name = pool.name_any();
             jobs_for_pools
                 .state()
@@ -459,6 +409,7 @@ mod tests {
 
     use http::{Request, Response, StatusCode};
     use kube::client::Body;
+    use kube::runtime::reflector;
     use serde_json::{Value, json};
     use tower_test::mock::{self, Handle};
 

@@ -96,6 +96,21 @@ impl Operator {
         }
     }
 
+    /// The log file of the current process.
+    pub fn log(&self) -> PathBuf {
+        log_path(&self.log_name, self.starts - 1)
+    }
+
+    /// The process id of the current process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for the operator")
+    }
+
     /// Starts a new process after [`Operator::kill`].
     pub fn restart(&mut self) {
         self.kill();

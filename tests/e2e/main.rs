@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod fixture;
+mod leadership;
 mod pools;
 mod resilience;
 
