@@ -348,10 +348,37 @@ struct Control {
     replicas: Vec<Replica>,
     leases: Api<Lease>,
     kills: usize,
+    /// Replicas that exited by themselves (lost the Lease) and were restarted.
+    restarts: usize,
     frozen_leader_stopped: Option<bool>,
 }
 
 impl Control {
+    /// Restarts the process of every replica that exited, as a kubelet would.
+    fn supervise(&mut self) {
+        for i in 0..self.replicas.len() {
+            if let Some(status) = self.replicas[i].exited() {
+                eprintln!(
+                    "chaos: {} exited ({status}); restarting it",
+                    self.replicas[i].instance
+                );
+                let restarted = self.operators.restart(&self.replicas[i]);
+                let gone = std::mem::replace(&mut self.replicas[i], restarted);
+                self.operators.finished.push(gone);
+                self.restarts += 1;
+            }
+        }
+    }
+
+    /// Sleeps `pause`, supervising meanwhile.
+    async fn pass(&mut self, pause: Duration) {
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            self.supervise();
+            tokio::time::sleep(Duration::from_millis(250).min(until - Instant::now())).await;
+        }
+    }
+
     fn retire(&mut self, index: usize) {
         let replica = self.replicas.remove(index);
         self.operators.finished.push(replica);
@@ -370,9 +397,10 @@ impl Control {
         eprintln!("chaos: SIGKILL {}", self.replicas[index].instance);
         self.replicas[index].kill();
         self.kills += 1;
-        self.retire(index);
-        let replica = self.operators.start();
-        self.replicas.push(replica);
+        // Restarted by its "kubelet" with the same identity.
+        let restarted = self.operators.restart(&self.replicas[index]);
+        let gone = std::mem::replace(&mut self.replicas[index], restarted);
+        self.operators.finished.push(gone);
     }
 
     /// Two replicas; the leader is frozen until the other took over (and then some), then
@@ -462,6 +490,7 @@ async fn main() {
         replicas: vec![first],
         leases: Api::namespaced(client.clone(), &args.namespace),
         kills: 0,
+        restarts: 0,
         frozen_leader_stopped: None,
     };
 
@@ -511,7 +540,7 @@ async fn main() {
     };
 
     for chaos in schedule {
-        tokio::time::sleep(rng.millis(chaos_gap.0, chaos_gap.1)).await;
+        control.pass(rng.millis(chaos_gap.0, chaos_gap.1)).await;
         match chaos {
             Chaos::KillOperator => control.kill(&mut rng).await,
             Chaos::RestartApiServer => {
@@ -531,7 +560,9 @@ async fn main() {
         "chaos: schedule done after {:?}; waiting for the jobs' fates",
         started.elapsed()
     );
-    let _ = creator.await;
+    while !creator.is_finished() {
+        control.pass(Duration::from_secs(1)).await;
+    }
 
     // Settle: every job terminal, then every pod that should go gone.
     let settle = Duration::from_secs(300 + args.jobs as u64 / 2);
@@ -545,7 +576,7 @@ async fn main() {
             .collect()
     };
     while !non_terminal(&record).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        control.pass(Duration::from_secs(1)).await;
     }
     let leaked = |listed: &[Pod], record: &Shared| -> Vec<String> {
         let r = record.lock().expect("record");
@@ -582,7 +613,7 @@ async fn main() {
         if leaked.is_empty() || Instant::now() > pod_deadline {
             break leaked;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        control.pass(Duration::from_secs(1)).await;
     };
     let stuck = non_terminal(&record);
 
@@ -621,8 +652,9 @@ async fn main() {
     }
     eprintln!("chaos: outcomes {outcomes:?}");
     eprintln!(
-        "chaos: {} watch re-lists; {} operator writes and {} Lease writes in the audit log; {} writes refused by the fence; frozen leader stopped by itself: {:?}; took {:?}",
+        "chaos: {} watch re-lists; {} operator processes restarted after they stopped leading; {} operator writes and {} Lease writes in the audit log; {} writes refused by the fence; frozen leader stopped by itself: {:?}; took {:?}",
         r.relists,
+        control.restarts,
         findings.operator_writes,
         findings.lease_writes,
         fenced_writes,

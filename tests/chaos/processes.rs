@@ -66,6 +66,8 @@ pub async fn pause_etcd(state: &Path, pause: Duration) {
 pub struct Replica {
     /// Its identity in the Lease and its user agent.
     pub instance: String,
+    /// How often its process was restarted.
+    pub restarts: u32,
     child: Child,
     log: PathBuf,
 }
@@ -149,16 +151,25 @@ impl Operators {
         }
     }
 
-    /// Starts a new replica.
+    /// Starts a new replica (a new pod, with a new identity).
     pub fn start(&mut self) -> Replica {
         let instance = format!("op-{}", self.started);
         self.started += 1;
-        let log = self.logs.join(format!("{instance}.log"));
+        self.start_as(instance, 0)
+    }
+
+    /// Starts `replica`'s process again with the same identity, as a kubelet restarts the
+    /// container of a pod (restartPolicy Always).
+    pub fn restart(&mut self, replica: &Replica) -> Replica {
+        self.start_as(replica.instance.clone(), replica.restarts + 1)
+    }
+
+    fn start_as(&mut self, instance: String, restarts: u32) -> Replica {
+        let log = self.logs.join(format!("{instance}.{restarts}.log"));
         let out = File::create(&log).expect("operator log");
         let err = out.try_clone().expect("operator log");
         let child = Command::new(&self.binary)
             .args([
-                "run",
                 "--namespace",
                 &self.namespace,
                 "--http-addr",
@@ -176,16 +187,27 @@ impl Operators {
                 &self.lease_seconds.to_string(),
                 "--instance",
                 &instance,
+                "run",
             ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
             .expect("the operator binary starts");
-        Replica {
+        let mut replica = Replica {
             instance,
+            restarts,
             child,
             log,
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(status) = replica.exited() {
+            panic!(
+                "operator {} exited at once ({status}); see {}",
+                replica.instance,
+                replica.log.display()
+            );
         }
+        replica
     }
 }

@@ -79,8 +79,6 @@ pub struct JobRecord {
 /// What the recorder knows of one pod.
 #[derive(Clone, Debug)]
 pub struct PodRecord {
-    /// The job's uid (label).
-    pub job_uid: String,
     /// Phase.
     pub phase: String,
     /// Whether it is gone.
@@ -239,16 +237,9 @@ async fn watch_pods(pods: Api<Pod>, record: Shared) {
             .or_default()
             .insert(pod.uid().unwrap_or_default());
         r.pod_executors
-            .entry(job_uid.clone())
+            .entry(job_uid)
             .or_default()
             .insert(executor_of(&name));
-        r.pods.insert(
-            name,
-            PodRecord {
-                job_uid,
-                phase,
-                deleted,
-            },
-        );
+        r.pods.insert(name, PodRecord { phase, deleted });
     }
 }

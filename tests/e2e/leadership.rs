@@ -142,6 +142,44 @@ fn replica(namespace: &str, instance: &str, lease_seconds: &str) -> Operator {
     )
 }
 
+/// Two replicas in a fresh namespace: `replica-a` leads, `replica-b` is ready and stands by.
+struct Pair {
+    ns: TestNamespace,
+    leases: Api<Lease>,
+    jobs: Api<DataJob>,
+    a: Operator,
+    a_addr: SocketAddr,
+    b: Operator,
+    b_addr: SocketAddr,
+}
+
+async fn leader_and_standby(prefix: &str) -> Pair {
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let name = ns.name().to_string();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
+    let a = replica(&name, "replica-a", "3");
+    let a_addr = http_addr(&a).await;
+    wait_for(&leases, LEASE, STEP, |l: &Lease| {
+        holder(l).as_deref() == Some("replica-a")
+    })
+    .await;
+    wait_ready(a_addr).await;
+    let b = replica(&name, "replica-b", "3");
+    let b_addr = http_addr(&b).await;
+    wait_ready(b_addr).await;
+    Pair {
+        jobs: Api::namespaced(client.clone(), &name),
+        ns,
+        leases,
+        a,
+        a_addr,
+        b,
+        b_addr,
+    }
+}
+
 fn signal(operator: &Operator, signal: &str) {
     let sent = Command::new("kill")
         .args([signal, &operator.pid().to_string()])
@@ -167,25 +205,16 @@ async fn a_plain_run_is_ready_once_its_caches_sync_and_reports_that_it_leads() {
 
 #[tokio::test]
 async fn a_standby_is_ready_and_reports_that_it_does_not_lead_until_it_takes_over() {
-    let client = admin_client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "e2e-standby").await;
-    let name = ns.name().to_string();
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
-    let jobs: Api<DataJob> = Api::namespaced(client.clone(), &name);
-
-    let mut a = replica(&name, "replica-a", "3");
-    let a_addr = http_addr(&a).await;
-    wait_for(&leases, LEASE, STEP, |l: &Lease| {
-        holder(l).as_deref() == Some("replica-a")
-    })
-    .await;
-    wait_ready(a_addr).await;
+    let Pair {
+        ns,
+        leases,
+        jobs,
+        mut a,
+        a_addr,
+        b,
+        b_addr,
+    } = leader_and_standby("e2e-standby").await;
     wait_gauge(a_addr, 1).await;
-
-    let b = replica(&name, "replica-b", "3");
-    let b_addr = http_addr(&b).await;
-    wait_ready(b_addr).await;
     assert_eq!(
         leader_gauge(b_addr).await,
         Some(0),
@@ -489,19 +518,14 @@ async fn a_standby_judges_expiry_by_its_own_clock_not_the_holders_renew_time() {
 
 #[tokio::test]
 async fn a_frozen_leader_stops_when_it_resumes_after_another_took_over() {
-    let client = admin_client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "e2e-frozen").await;
-    let name = ns.name().to_string();
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &name);
-    let jobs: Api<DataJob> = Api::namespaced(client.clone(), &name);
-    let mut a = replica(&name, "replica-a", "3");
-    wait_for(&leases, LEASE, STEP, |l: &Lease| {
-        holder(l).as_deref() == Some("replica-a")
-    })
-    .await;
-    let b = replica(&name, "replica-b", "3");
-    wait_ready(http_addr(&b).await).await;
+    let Pair {
+        ns,
+        leases,
+        jobs,
+        mut a,
+        b,
+        ..
+    } = leader_and_standby("e2e-frozen").await;
 
     signal(&a, "-STOP");
     wait_for(&leases, LEASE, STEP, |l: &Lease| {
