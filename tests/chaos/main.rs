@@ -20,6 +20,7 @@
 mod audit;
 mod processes;
 mod recorder;
+mod table;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
