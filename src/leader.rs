@@ -7,9 +7,9 @@
 //!   change (its resourceVersion); the Lease is free once it has not changed for a whole
 //!   `leaseDurationSeconds` since then. A holder whose clock is off therefore cannot make a
 //!   candidate take over early.
-//! - **Every request is bounded.** Each read or write of the Lease has a timeout no longer than
-//!   the retry period, and a renewal never waits past the renew deadline, so a hung
-//!   connection cannot keep a leader believing it leads.
+//! - **Every request is bounded.** A renewal attempt may take the time left until the renew
+//!   deadline and no more (an acquisition, the renew deadline), so a hung connection cannot
+//!   keep a leader believing it leads, and a slow API server is not mistaken for a lost one.
 //! - **The leader fences itself.** [`Fence::allows_writes`] turns false at `renew deadline`
 //!   after the start of the last successful renewal, a deadline shorter than the lease
 //!   duration, and it is checked against the clock on every write (see [`crate::client`]). A
@@ -75,7 +75,7 @@ pub struct Timing {
     /// How long the leader keeps writing after the start of its last successful renewal.
     /// Shorter than `lease_duration`; the difference is the margin for writes in flight.
     pub renew_deadline: Duration,
-    /// Pause between attempts to acquire or renew, and the timeout of each request.
+    /// Pause between the starts of two attempts to acquire or renew.
     pub retry_period: Duration,
 }
 
@@ -351,7 +351,7 @@ impl LeaderElector {
         let mut last_holder = String::new();
         loop {
             let started = Instant::now();
-            match self.try_acquire_or_renew(self.timing.retry_period).await {
+            match self.try_acquire_or_renew(self.timing.renew_deadline).await {
                 Ok(Attempt::Held) => {
                     self.fence.extend_to(started + self.timing.renew_deadline);
                     info!(lease = %self.lease(), identity = %self.identity, "acquired leadership; leading");
@@ -379,8 +379,9 @@ impl LeaderElector {
             let Some(deadline) = self.fence.deadline().filter(|d| *d > started) else {
                 return self.lost("not renewed before the renew deadline".to_string());
             };
-            let timeout = self.timing.retry_period.min(deadline - started);
-            match self.try_acquire_or_renew(timeout).await {
+            // One attempt may use all the time left before the deadline (as client-go's renew
+            // does), but never more: a hung request cannot outlive the fence.
+            match self.try_acquire_or_renew(deadline - started).await {
                 Ok(Attempt::Held) => self.fence.extend_to(started + self.timing.renew_deadline),
                 Ok(Attempt::HeldBy(holder)) => {
                     return self.lost(format!("{holder} holds it"));

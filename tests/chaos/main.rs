@@ -118,6 +118,8 @@ enum Fate {
     Cancel,
     /// The driver exits 0 and the cancel arrives at the same moment.
     Race,
+    /// The DataJob is deleted at a random moment (its finalizer tears the pods down first).
+    Delete,
 }
 
 fn fate(rng: &mut Rng) -> Fate {
@@ -126,8 +128,9 @@ fn fate(rng: &mut Rng) -> Fate {
             late_cancel: rng.chance(20),
         },
         40..55 => Fate::Fail,
-        55..85 => Fate::Cancel,
-        _ => Fate::Race,
+        55..80 => Fate::Cancel,
+        80..95 => Fate::Race,
+        _ => Fate::Delete,
     }
 }
 
@@ -289,6 +292,10 @@ async fn play(
         Fate::Cancel => {
             tokio::time::sleep(rng.millis(0, 6000)).await;
             cancel(&jobs, &name).await;
+        }
+        Fate::Delete => {
+            tokio::time::sleep(rng.millis(0, 6000)).await;
+            retry(|| jobs.delete(&name, &Default::default())).await;
         }
         Fate::Complete { late_cancel } => {
             let Some(driver) = driver_running(&record, &name).await else {
@@ -572,12 +579,22 @@ async fn main() {
         let r = record.lock().expect("record");
         r.jobs
             .iter()
-            .filter(|(_, j)| !recorder::is_terminal(&j.state))
+            .filter(|(_, j)| !j.deleted && !recorder::is_terminal(&j.state))
             .map(|(n, j)| format!("{n} ({:?})", j.state))
             .collect()
     };
     while !non_terminal(&record).is_empty() && Instant::now() < deadline {
         control.pass(Duration::from_secs(1)).await;
+        // A job deleted while a watch re-listed leaves no delete event: ask the API server.
+        if let Ok(list) = jobs.list(&ListParams::default()).await {
+            let present: BTreeSet<String> = list.items.iter().map(|j| j.name_any()).collect();
+            let mut r = record.lock().expect("record");
+            for (name, job) in r.jobs.iter_mut() {
+                if !present.contains(name) {
+                    job.deleted = true;
+                }
+            }
+        }
     }
     let leaked = |listed: &[Pod], record: &Shared| -> Vec<String> {
         let r = record.lock().expect("record");
@@ -594,7 +611,7 @@ async fn main() {
                     .is_some_and(|p| p == "Succeeded" || p == "Failed");
                 match uid.and_then(|u| by_uid.get(u.as_str())) {
                     None => true,
-                    Some(job) if job.state == "cancelled" => true,
+                    Some(job) if job.deleted || job.state == "cancelled" => true,
                     Some(job) if recorder::is_terminal(&job.state) => !finished,
                     Some(_) => false,
                 }
@@ -649,7 +666,12 @@ async fn main() {
     }
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for job in r.jobs.values() {
-        *outcomes.entry(job.state.clone()).or_default() += 1;
+        let outcome = if job.deleted {
+            "deleted".to_string()
+        } else {
+            job.state.clone()
+        };
+        *outcomes.entry(outcome).or_default() += 1;
     }
     eprintln!("chaos: outcomes {outcomes:?}");
     eprintln!(

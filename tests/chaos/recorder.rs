@@ -53,7 +53,8 @@ pub struct Record {
     pub pod_uids: HashMap<String, BTreeSet<String>>,
     /// Executor names (pod name without its role suffix) seen per job uid.
     pub pod_executors: HashMap<String, BTreeSet<String>>,
-    /// Jobs seen `cancelled` while one of their pods still existed (a fresh list after).
+    /// Jobs seen `cancelled`, or gone after a delete, while one of their pods still existed
+    /// (a fresh list after).
     pub cancelled_with_pods: BTreeSet<String>,
     /// Times a watch re-listed after the first list.
     pub relists: usize,
@@ -142,7 +143,8 @@ async fn watch_jobs(jobs: Api<DataJob>, pods: Api<Pod>, record: Shared) {
                 entry.executors.insert(executor.clone());
                 entry.executor = Some(executor);
             }
-            became_cancelled.then(|| entry.uid.clone())
+            // A deleted job is released by its finalizer only once its pods are gone.
+            (became_cancelled || deleted).then(|| entry.uid.clone())
         };
         if let Some(uid) = became_cancelled {
             let pods = pods.clone();
