@@ -31,7 +31,7 @@ use datajob_operator::api::{ComputePool, DataJob};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -295,7 +295,8 @@ async fn play(
         }
         Fate::Delete => {
             tokio::time::sleep(rng.millis(0, 6000)).await;
-            retry(|| jobs.delete(&name, &Default::default())).await;
+            let params = DeleteParams::default();
+            retry(|| jobs.delete(&name, &params)).await;
         }
         Fate::Complete { late_cancel } => {
             let Some(driver) = driver_running(&record, &name).await else {
