@@ -58,8 +58,6 @@ pub struct Record {
     pub cancelled_with_pods: BTreeSet<String>,
     /// Times a watch re-listed after the first list.
     pub relists: usize,
-    job_epoch: usize,
-    job_epochs: HashMap<String, usize>,
 }
 
 /// The shared record.
@@ -100,34 +98,31 @@ async fn watch_jobs(jobs: Api<DataJob>, pods: Api<Pod>, record: Shared) {
         .boxed();
     while let Some(event) = events.next().await {
         let Ok(event) = event else { continue };
-        let (job, deleted) = match event {
+        let (job, deleted, across_relist) = match event {
             watcher::Event::Init => {
                 lists += 1;
-                let mut r = record.lock().expect("record");
                 if lists > 1 {
-                    r.relists += 1;
+                    record.lock().expect("record").relists += 1;
                 }
-                r.job_epoch += 1;
                 continue;
             }
             watcher::Event::InitDone => continue,
-            watcher::Event::Apply(job) | watcher::Event::InitApply(job) => (job, false),
-            watcher::Event::Delete(job) => (job, true),
+            // Seen in a re-list: the changes since the watch broke were not seen one by one.
+            watcher::Event::InitApply(job) => (job, false, lists > 1),
+            watcher::Event::Apply(job) => (job, false, false),
+            watcher::Event::Delete(job) => (job, true, false),
         };
         let name = job.name_any();
         let state = state_of(&job);
         let executor = job.status.as_ref().and_then(|s| s.executor.clone());
         let became_cancelled = {
             let mut r = record.lock().expect("record");
-            let epoch = r.job_epoch;
-            let previous_epoch = r.job_epochs.insert(name.clone(), epoch);
             let entry = r.jobs.entry(name.clone()).or_default();
             entry.uid = job.uid().unwrap_or_default();
             entry.deleted = deleted;
             let previous = entry.state.clone();
             let mut became_cancelled = false;
             if state != previous && !(state.is_empty() && deleted) {
-                let across_relist = previous_epoch.is_some_and(|e| e != epoch);
                 let legal = if across_relist {
                     is_reachable(&previous, &state)
                 } else {
