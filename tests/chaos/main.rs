@@ -211,8 +211,8 @@ async fn install(client: &Client, namespace: &str) {
     }
 }
 
-/// Retries an API call until it succeeds or says the object is gone (the API server may be
-/// restarting); false when it is gone.
+/// Retries an API call until it succeeds, says the object is gone, or (a create whose answer
+/// was lost while the API server restarted) that it already exists; false when it is gone.
 async fn retry<T, F, Fut>(call: F) -> bool
 where
     F: Fn() -> Fut,
@@ -222,6 +222,7 @@ where
         match call().await {
             Ok(_) => return true,
             Err(kube::Error::Api(status)) if status.code == 404 => return false,
+            Err(kube::Error::Api(status)) if status.code == 409 => return true,
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
