@@ -40,6 +40,23 @@ pub struct Scope {
     pub data_plane: Option<String>,
 }
 
+/// What a cache can hold: a Kubernetes object of a static type.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// One cache: a store, whether it has listed its objects once, and its subscribers.
 pub struct Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
     store: Store<K>,
@@ -59,16 +76,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Cache<K> {
     }
 }
 
-impl<K> Cache<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+impl<K: Watched> Cache<K> {
     /// Starts watching `api` into a new cache (on the current runtime).
     fn start(
         kind: &'static str,
@@ -116,21 +124,13 @@ where
 }
 
 /// Drives one watch into its store until the process ends.
-async fn reflect<K>(
+async fn reflect<K: Watched>(
     kind: &'static str,
     api: Api<K>,
     config: watcher::Config,
     mut writer: Writer<K>,
     cache: Cache<K>,
-) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) {
     let mut events = watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let event = match event {
