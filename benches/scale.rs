@@ -6,33 +6,30 @@
 //!
 //! Run with `hack/bench.sh` (brings a cluster up and down). Arguments:
 //! `--sizes 100,1000` (the first is the reference), `--operator PATH`.
+//!
+//! The cluster client, CRDs, namespace, operator process and DataJob fixture are the tests'
+//! (tests/support).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datajob_operator::api::DataJob;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, CustomResourceExt, ResourceExt};
-use serde_json::json;
+use kube::{Client, ResourceExt};
+
+use support::operator::Launch;
+use support::{Operator, TestNamespace, admin_client, cancel, datajob, install_crds};
 
 /// Creations or patches in flight at once (the API server limits a client anyway).
 const PARALLEL: usize = 32;
 /// Longest a phase (all running, all cancelled) may take before the run is abandoned.
 const PHASE_LIMIT: Duration = Duration::from_secs(600);
-
-/// The operator process, killed when the run ends, also on a panic.
-struct OperatorProcess(Child);
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Run {
     jobs: usize,
@@ -65,9 +62,7 @@ async fn main() {
         )
         .to_string()
     });
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG points at a running cluster (hack/bench.sh starts one)");
+    let client = admin_client().await;
     install_crds(&client).await;
     let mut runs = Vec::new();
     for (i, &size) in sizes.iter().enumerate() {
@@ -77,81 +72,23 @@ async fn main() {
     print_table(&runs);
 }
 
-async fn install_crds(client: &Client) {
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in [DataJob::crd(), datajob_operator::api::ComputePool::crd()] {
-        crds.patch(
-            &crd.name_any(),
-            &PatchParams::apply("datajob-bench").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-    }
-    for name in ["datajobs.datajob.dev", "computepools.datajob.dev"] {
-        let established = |crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
-            crd.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
-        };
-        while !crds.get(name).await.is_ok_and(|crd| established(&crd)) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn start_operator(path: &str, namespace: &str) -> Child {
-    Command::new(path)
-        .args([
-            "--namespace",
-            namespace,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--concurrency",
-            "32",
-            "--log-format",
-            "json",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start the operator {path} (cargo build --release first): {e}")
-        })
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// One operator process (release build, 32 reconciles at once) watching `namespace`.
+fn start_operator(binary: &str, namespace: &str) -> Operator {
+    Operator::launch(Launch {
+        binary: binary.into(),
+        args: ["--namespace", namespace, "--concurrency", "32"]
+            .map(String::from)
+            .to_vec(),
+        rust_log: "warn".to_string(),
+        log_name: None,
+    })
 }
 
 async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run {
-    let ns = format!("bench-{index}-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("ns"),
-        )
-        .await
-        .expect("create namespace");
-    // The namespace's default ServiceAccount must exist before pods can be created.
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    while sas.get_opt("default").await.ok().flatten().is_none() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let child = OperatorProcess(start_operator(operator, &ns));
-    let jobs: Api<DataJob> = Api::namespaced(client.clone(), &ns);
+    let namespace = TestNamespace::new(client, &format!("bench-{index}")).await;
+    let ns = namespace.name();
+    let process = start_operator(operator, ns);
+    let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns);
 
     // Watch every job's state and note when each first reaches running and cancelled.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String, Instant)>();
@@ -174,17 +111,13 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
     let creations = futures::stream::iter(names.iter().cloned().map(|name| {
         let jobs = jobs.clone();
         async move {
-            let job: DataJob = serde_json::from_value(json!({
-                "apiVersion": "datajob.dev/v1alpha1", "kind": "DataJob",
-                "metadata": { "name": name },
-                "spec": {
-                    "type": "materialize-view",
-                    "input": { "nql": "SELECT 1", "datasetId": 1 },
-                    "dataPlane": "dp-bench",
-                    "executor": { "terminationGracePeriodSeconds": 1 },
-                },
-            }))
-            .expect("job");
+            let job = datajob(&name)
+                .nql("SELECT 1")
+                .dataset_id(Some(1))
+                .stats_enabled(false)
+                .data_plane("dp-bench")
+                .grace_period(1)
+                .build();
             let at = Instant::now();
             jobs.create(&PostParams::default(), &job)
                 .await
@@ -208,13 +141,7 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
         let jobs = jobs.clone();
         async move {
             let at = Instant::now();
-            jobs.patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "cancel": true } })),
-            )
-            .await
-            .expect("cancel job");
+            cancel(&jobs, &name, "benchmark").await;
             (name, at)
         }
     }))
@@ -224,8 +151,8 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
     let cancel_requested: HashMap<String, Instant> = cancels.into_iter().collect();
     collect(&mut rx, &mut cancelled, "cancelled", size).await;
     let cancel_wall = cancel_start.elapsed();
-    let peak_rss_kib = peak_rss_kib(child.0.id());
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let peak_rss_kib = process.peak_rss_kib();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let left = pods
         .list(&ListParams::default())
         .await
@@ -238,8 +165,8 @@ async fn run(client: &Client, operator: &str, size: usize, index: usize) -> Run 
     );
 
     watch.abort();
-    drop(child);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    drop(process);
+    namespace.cleanup().await;
 
     let to_running = names.iter().map(|n| running[n] - created[n]).collect();
     let to_cancelled = names

@@ -23,48 +23,42 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/hack/lib/common.sh"
 source "$ROOT/hack/lib/versions.sh"
 source "$ROOT/hack/lib/build.sh"
 source "$ROOT/hack/lib/pki.sh"
 
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
-usage() {
-  sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
-  exit 2
-}
-
-die() { log "error: $*"; exit 1; }
-
 # --- arguments ----------------------------------------------------------------------------
 
 NAME=${DATAJOB_CLUSTER:-dev}
-PORT_BASE=${DATAJOB_PORT_BASE:-}
 NODES=${DATAJOB_NODES:-6}
 AUDIT=0
 CMD=""
-while (($#)); do
+bad_usage() {
+  usage 21 >&2
+  exit 2
+}
+cluster_sh_option() {
+  OPTION_ARGS=1
   case $1 in
-    --name) NAME=${2:?--name needs a value}; shift 2 ;;
-    --name=*) NAME=${1#*=}; shift ;;
-    --port-base) PORT_BASE=${2:?--port-base needs a value}; shift 2 ;;
-    --port-base=*) PORT_BASE=${1#*=}; shift ;;
-    --nodes) NODES=${2:?--nodes needs a value}; shift 2 ;;
-    --nodes=*) NODES=${1#*=}; shift ;;
-    --audit) AUDIT=1; shift ;;
-    -h | --help) usage ;;
+    --nodes) NODES=${2:?--nodes needs a value}; OPTION_ARGS=2 ;;
+    --nodes=*) NODES=${1#*=} ;;
+    --audit) AUDIT=1 ;;
+    -h | --help) bad_usage ;;
     up | down | env | status)
-      [[ -z $CMD ]] || usage
-      CMD=$1; shift ;;
-    *) log "unknown argument: $1"; usage ;;
+      [[ -z $CMD ]] || bad_usage
+      CMD=$1 ;;
+    *) log "unknown argument: $1"; bad_usage ;;
   esac
-done
-[[ -n $CMD ]] || usage
+}
+parse_options cluster_sh_option "$@"
+[[ -n $CMD ]] || bad_usage
 [[ $NAME =~ ^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$ ]] || die "cluster name '$NAME' must be a short DNS label"
 [[ $NODES =~ ^[0-9]+$ ]] || die "--nodes must be a number"
 
-STATE_ROOT="${XDG_STATE_HOME:-$HOME/.local/state}/datajob-operator/clusters"
-STATE="$STATE_ROOT/$NAME"
+STATE=$(state_dir "$NAME")
 PKI="$STATE/pki"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
@@ -100,57 +94,22 @@ SERVER="https://127.0.0.1:$APISERVER_PORT"
 
 # --- processes ----------------------------------------------------------------------------
 
-# A process is alive when it exists and is not a zombie (exited, waiting to be reaped).
-alive() {
-  local state
-  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z && $state != X ]]
-}
-
 # Prints the recorded pid of component $1 if that process is alive and still runs the binary
 # recorded with it (so a reused pid is never mistaken for ours); fails otherwise.
-live_pid() {
-  local c=$1 pid exe want
-  [[ -f $PIDS/$c.pid ]] || return 1
-  pid=$(<"$PIDS/$c.pid")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  alive "$pid" || return 1
-  want=$(cat "$PIDS/$c.exe" 2>/dev/null || true)
-  exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
-  exe=${exe% (deleted)}
-  [[ -z $want || $exe == "$want" ]] || return 1
-  echo "$pid"
-}
+live_pid() { recorded_pid "$PIDS/$1"; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# start COMPONENT BINARY ARGS...: starts it in its own session, logs to logs/COMPONENT.log,
-# records pids/COMPONENT.pid and the resolved binary path in pids/COMPONENT.exe.
+# start COMPONENT BINARY ARGS...: starts it (unless it runs), logging to logs/COMPONENT.log,
+# recorded as pids/COMPONENT.pid and pids/COMPONENT.exe.
 start() {
   local c=$1 bin=$2; shift 2
   if live_pid "$c" >/dev/null; then
     log "$c already running (pid $(live_pid "$c"))"
     return 0
   fi
-  local resolved; resolved=$(readlink -f "$bin")
   log "starting $c"
-  {
-    echo "# $(date -u +%FT%TZ) $bin $*"
-  } >>"$LOGS/$c.log"
-  setsid "$resolved" "$@" >>"$LOGS/$c.log" 2>&1 </dev/null &
-  local pid=$!
-  echo "$pid" >"$PIDS/$c.pid"
-  echo "$resolved" >"$PIDS/$c.exe"
-  # Until the forked shell has exec'd setsid and setsid the binary, /proc/PID/exe is not yet the
-  # binary: wait for that (bounded), so live_pid does not take a starting process for a dead one.
-  local deadline=$((SECONDS + 10)) exe
-  while alive "$pid" && ((SECONDS < deadline)); do
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
-    [[ ${exe% (deleted)} == "$resolved" ]] && return 0
-    sleep 0.01
-  done
-  alive "$pid" || { log "$c exited at once; last lines of $LOGS/$c.log:"; tail -n 30 "$LOGS/$c.log" >&2; die "$c did not start"; }
-  die "$c (pid $pid) did not exec $resolved within 10s"
+  spawn_recorded "$PIDS/$c" "$LOGS/$c.log" "$bin" "$@"
 }
 
 # wait_until DESCRIPTION TIMEOUT_SECONDS COMPONENT COMMAND...: polls COMMAND every 0.2 s until it
@@ -499,29 +458,11 @@ cmd_down() {
     log "cluster '$NAME' is not up (no $STATE)"
     return 0
   fi
-  local c pid i pids=()
-  # Reverse start order: kwok and the controllers first, etcd last.
+  local i
+  # Reverse start order: kwok and the controllers first, etcd last. A component that survives
+  # SIGKILL stops the script here, so the state folder is kept.
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    c=${COMPONENTS[i]}
-    if pid=$(live_pid "$c"); then
-      log "stopping $c (pid $pid)"
-      kill -TERM "$pid" 2>/dev/null || true
-      pids+=("$c:$pid")
-    fi
-  done
-  local entry deadline
-  for entry in "${pids[@]}"; do
-    c=${entry%%:*}
-    pid=${entry#*:}
-    deadline=$((SECONDS + 15))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    if live_pid "$c" >/dev/null; then
-      log "$c (pid $pid) ignored SIGTERM for 15s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      deadline=$((SECONDS + 10))
-      while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-      alive "$pid" && die "$c (pid $pid) survived SIGKILL; state kept in $STATE"
-    fi
+    stop_recorded "$PIDS/${COMPONENTS[i]}" 15
   done
   rm -rf "$STATE"
   log "cluster '$NAME' is down; removed $STATE"

@@ -3,36 +3,39 @@
 # CRDs, the operator, the sample jobs from examples/, a completion and a cancellation you can
 # watch. The cluster and the operator keep running afterwards so you can try things.
 #
-#   hack/demo.sh          run the demo (cluster `dev`)
-#   hack/demo.sh down     stop the operator (by its recorded pid) and the cluster
+#   hack/demo.sh [--name NAME] [--port-base PORT]          run the demo (cluster `dev`)
+#   hack/demo.sh [--name NAME] [--port-base PORT] down     stop the operator (by its recorded
+#                                                          pid) and the cluster
 #
-# Environment: DATAJOB_DEMO_CLUSTER (default dev), DATAJOB_DEMO_NAMESPACE (default demo).
+# Environment: DATAJOB_DEMO_CLUSTER (default dev), DATAJOB_DEMO_NAMESPACE (default demo),
+# DATAJOB_PORT_BASE (see hack/cluster.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source-path=SCRIPTDIR
+source "$ROOT/hack/lib/common.sh"
+
 NAME=${DATAJOB_DEMO_CLUSTER:-dev}
+CMD=demo
+demo_option() {
+  case $1 in
+    down) CMD=down; OPTION_ARGS=1 ;;
+    -h | --help) usage 12; exit 0 ;;
+    *) die "unknown argument: $1" ;;
+  esac
+}
+parse_options demo_option "$@"
 NS=${DATAJOB_DEMO_NAMESPACE:-demo}
-CLUSTER=("$ROOT/hack/cluster.sh" --name "$NAME")
-STATE="${XDG_STATE_HOME:-$HOME/.local/state}/datajob-operator/clusters/$NAME"
-PIDFILE="$STATE/operator.pid"
+cluster_command
+STATE=$(state_dir "$NAME")
+OPERATOR_RECORD="$STATE/operator"
 LOG="$STATE/logs/operator.log"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-stop_operator() {
-  [[ -f $PIDFILE ]] || return 0
-  local pid; pid=$(cat "$PIDFILE")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-  fi
-  rm -f "$PIDFILE"
-}
-
-if [[ ${1:-} == down ]]; then
-  stop_operator
+if [[ $CMD == down ]]; then
+  stop_recorded "$OPERATOR_RECORD" 5
   "${CLUSTER[@]}" down
   exit 0
 fi
@@ -51,12 +54,11 @@ kubectl apply --server-side --field-manager=datajob-demo -f crds/datajob-operato
 kubectl wait --for=condition=Established crd/datajobs.datajob.dev crd/computepools.datajob.dev --timeout=60s
 
 say "starting the operator (log: $LOG)"
-stop_operator
+stop_recorded "$OPERATOR_RECORD" 5
 mkdir -p "$(dirname "$LOG")"
-"$OPERATOR" --executor-image registry.example/datajob-executor:demo --http-addr 127.0.0.1:0 \
-  >"$LOG" 2>&1 &
-echo $! >"$PIDFILE"
-echo "operator pid $(cat "$PIDFILE")"
+spawn_recorded "$OPERATOR_RECORD" "$LOG" "$OPERATOR" \
+  --executor-image registry.example/datajob-executor:demo --http-addr 127.0.0.1:0
+echo "operator pid $(recorded_pid "$OPERATOR_RECORD")"
 
 say "applying examples/ into namespace $NS"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
@@ -76,8 +78,9 @@ kubectl get pods -n "$NS" -o wide -L datajob.dev/role,datajob.dev/cluster-type
 
 say "the shared job's driver finishes and writes its result (kwok's annotation-driven exit)"
 DRIVER=$(kubectl get pods -n "$NS" -l "datajob.dev/job-name=$SHARED,datajob.dev/role=driver" -o jsonpath='{.items[0].metadata.name}')
+# The same result the tests use (tests/support/materialize-result.json).
 kubectl annotate pod -n "$NS" "$DRIVER" sim.datajob.dev/exit-code=0 \
-  'sim.datajob.dev/message={"datasetId": 6404, "snapshotId": 739881302291276700, "recalculationId": "abf9a2ec-426b-4751-bd16-fcb435061925"}'
+  "sim.datajob.dev/message=$(<tests/support/materialize-result.json)"
 kubectl wait -n "$NS" --for=jsonpath='{.status.state}'=completed "dj/$SHARED" --timeout=60s
 kubectl get dj -n "$NS" "$SHARED" -o jsonpath='{"result: "}{.status.result}{"\n"}'
 
@@ -97,5 +100,5 @@ The cluster and the operator are still running. Try:
   eval "\$(hack/cluster.sh --name $NAME env)"
   kubectl get dj -n $NS
   kubectl explain datajob.spec
-Stop everything with: hack/demo.sh down
+Stop everything with: hack/demo.sh --name $NAME down
 EOF

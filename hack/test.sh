@@ -1,38 +1,68 @@
 #!/usr/bin/env bash
-# The project's test command: brings up a local control plane (cluster `ci` unless --name or
-# $DATAJOB_TEST_CLUSTER says otherwise; built first when needed), runs
-# `cargo test --lib --bins --tests` (unit tests and the tests against the cluster; the benchmark
-# is hack/bench.sh's) with KUBECONFIG and the alice/bob kubeconfigs exported, and always brings
-# the cluster down again. Exits non-zero on any failure.
-# Arguments after -- replace `--lib --bins --tests`.
+# The project's test command. First the pure tests, which need no cluster (unit tests of the
+# library and binaries, and the tests/ files listed in PURE_TESTS below: the state machine and
+# its property tests, CRD drift, HTTP endpoints), so a logic error fails in seconds. Then it
+# brings up a local control plane (cluster `ci` unless --name or $DATAJOB_TEST_CLUSTER says
+# otherwise; built first when needed), runs every other tests/ target with KUBECONFIG and the
+# alice/bob kubeconfigs exported, and always brings the cluster down again. Last, a small chaos
+# run (hack/chaos.sh, CHAOS_ARGS below) on a fresh cluster. Exits non-zero on any failure; on
+# failure the cluster's logs are kept in target/cluster-logs/NAME.
 #
 #   hack/test.sh [--name NAME] [--port-base PORT] [-- CARGO_TEST_ARGS...]
 #
+# CARGO_TEST_ARGS replace both phases: they run once, without a cluster when they name only
+# pure targets (--lib, --bins, --test of a pure file), else on a fresh cluster.
 # Examples: hack/test.sh
 #           hack/test.sh -- --test smoke          (only tests/smoke.rs)
-#           hack/test.sh -- --test smoke -- --nocapture
+#           hack/test.sh -- --test e2e -- --nocapture
+#           hack/test.sh -- --test state_machine  (no cluster)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source-path=SCRIPTDIR
+source "$ROOT/hack/lib/common.sh"
+
+# tests/ targets that need no cluster; every other one runs against the cluster, except the
+# chaos run (tests/chaos, a tool started by hack/chaos.sh), which runs last in its small
+# configuration CHAOS_ARGS on a fresh cluster of the same name and ports.
+PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input chaos_checks)
+CHAOS_ARGS=(--jobs 20 --kills 2 --seed 5)
 
 NAME=${DATAJOB_TEST_CLUSTER:-ci}
-CLUSTER_ARGS=()
 CARGO_ARGS=()
-while (($#)); do
+test_option() {
   case $1 in
-    --name) NAME=${2:?--name needs a value}; shift 2 ;;
-    --name=*) NAME=${1#*=}; shift ;;
-    --port-base) CLUSTER_ARGS+=(--port-base "${2:?--port-base needs a value}"); shift 2 ;;
-    --port-base=*) CLUSTER_ARGS+=(--port-base "${1#*=}"); shift ;;
-    --) shift; CARGO_ARGS=("$@"); break ;;
-    -h | --help) sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --) CARGO_ARGS=("${@:2}"); OPTION_ARGS=$# ;;
+    -h | --help) usage 18; exit 0 ;;
     *) echo "unknown argument: $1 (cargo test arguments go after --)" >&2; exit 2 ;;
   esac
-done
-CLUSTER=("$ROOT/hack/cluster.sh" --name "$NAME" "${CLUSTER_ARGS[@]}")
+}
+parse_options test_option "$@"
+cluster_command
+STATE=$(state_dir "$NAME")
 
-stamp() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+is_pure() { # is_pure TARGET: a tests/ target in PURE_TESTS
+  local t
+  for t in "${PURE_TESTS[@]}"; do [[ $1 == "$t" ]] && return 0; done
+  return 1
+}
+
+# Every tests/ target cargo builds (tests/NAME.rs, tests/NAME/main.rs) that is not pure.
+CLUSTER_TESTS=()
+for f in tests/*.rs tests/*/main.rs; do
+  [[ -f $f ]] || continue
+  t=${f#tests/}; t=${t%.rs}; t=${t%/main}
+  [[ $t == chaos ]] || is_pure "$t" || CLUSTER_TESTS+=("$t")
+done
+
+# with_flag FLAG ITEMS...: prints "FLAG ITEM" for each item, one word a line.
+with_flag() {
+  local flag=$1; shift
+  local item
+  for item in "$@"; do printf '%s\n%s\n' "$flag" "$item"; done
+}
+
 TIMINGS=()
 phase_start=$SECONDS
 phase() { # phase NAME: closes the previous phase's timing
@@ -40,7 +70,7 @@ phase() { # phase NAME: closes the previous phase's timing
   phase_start=$SECONDS
 }
 
-STATE="${XDG_STATE_HOME:-$HOME/.local/state}/datajob-operator/clusters/$NAME"
+CLUSTER_STARTED=0
 finish() {
   local rc=$?
   trap - EXIT INT TERM
@@ -49,7 +79,7 @@ finish() {
     # The state folder goes with the cluster: keep its logs for a post-mortem.
     local keep="$ROOT/target/cluster-logs/$NAME"
     { rm -rf "$keep" && mkdir -p "$keep" && cp -r "$STATE/logs/." "$keep/"; } || true
-    stamp "tests failed (exit $rc); the cluster's logs are kept in $keep"
+    log "tests failed (exit $rc); the cluster's logs are kept in $keep"
     local f
     for f in "$keep"/*.log; do
       [[ -f $f ]] || continue
@@ -57,11 +87,13 @@ finish() {
       tail -n 15 "$f" >&2 || true
     done
   fi
-  stamp "bringing cluster '$NAME' down"
-  if ! "${CLUSTER[@]}" down; then
-    ((rc != 0)) || rc=1
+  if ((CLUSTER_STARTED)) || [[ -d $STATE ]]; then
+    log "bringing cluster '$NAME' down"
+    if ! "${CLUSTER[@]}" down; then
+      ((rc != 0)) || rc=1
+    fi
+    phase "cluster down"
   fi
-  phase "cluster down"
   echo >&2
   echo "timings:" >&2
   printf '  %s\n' "${TIMINGS[@]}" >&2
@@ -72,29 +104,85 @@ trap finish EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A leftover cluster of the same name (an interrupted run) is replaced by a fresh one.
-if [[ -d $STATE ]]; then
-  stamp "cluster '$NAME' exists from an earlier run; recreating it"
-  "${CLUSTER[@]}" down
+# run_cargo_tests PHASE ARGS...: builds, then runs `cargo test ARGS...`, timing both. Cargo's
+# own arguments (before a second --) also apply to the build.
+run_cargo_tests() {
+  local name=$1; shift
+  local build=() a
+  for a in "$@"; do
+    [[ $a == -- ]] && break
+    build+=("$a")
+  done
+  log "building $name: cargo test --no-run ${build[*]}"
+  cargo test --no-run "${build[@]}"
+  phase "cargo build ($name)"
+  log "running $name: cargo test $*"
+  cargo test "$@"
+  phase "$name"
+}
+
+# cluster_up: a fresh cluster (a leftover of the same name, from an interrupted run, is
+# replaced), with its environment exported.
+cluster_up() {
+  if [[ -d $STATE ]]; then
+    log "cluster '$NAME' exists from an earlier run; recreating it"
+    "${CLUSTER[@]}" down
+  fi
+  log "building (as needed) and starting cluster '$NAME'"
+  CLUSTER_STARTED=1
+  "${CLUSTER[@]}" up
+  eval "$("${CLUSTER[@]}" env)"
+  phase "build + cluster up"
+}
+
+# only_pure ARGS...: the cargo arguments (before a second --) select only pure targets.
+only_pure() {
+  local a expect_test=0 any=0
+  for a in "$@"; do
+    [[ $a == -- ]] && break
+    if ((expect_test)); then
+      is_pure "$a" || return 1
+      expect_test=0
+      continue
+    fi
+    case $a in
+      --lib | --bins | --bin | --bin=* | --doc) any=1 ;;
+      --test) expect_test=1; any=1 ;;
+      --test=*) is_pure "${a#*=}" || return 1; any=1 ;;
+      --tests | --all-targets | --benches | --bench | --bench=* | --examples | --example*) return 1 ;;
+      *) ;; # other options, their values, test-name filters
+    esac
+  done
+  ((any)) # no target named: cargo runs them all
+}
+
+if ((${#CARGO_ARGS[@]})); then
+  if only_pure "${CARGO_ARGS[@]}"; then
+    run_cargo_tests "pure tests" "${CARGO_ARGS[@]}"
+  else
+    cluster_up
+    run_cargo_tests "tests" "${CARGO_ARGS[@]}"
+  fi
+  exit 0
 fi
 
-# Cargo's own arguments (before a second --) also apply to the build.
-BUILD_ARGS=()
-for a in "${CARGO_ARGS[@]}"; do
-  [[ $a == -- ]] && break
-  BUILD_ARGS+=("$a")
-done
-((${#CARGO_ARGS[@]})) || CARGO_ARGS=(--lib --bins --tests)
-((${#BUILD_ARGS[@]})) || BUILD_ARGS=(--lib --bins --tests)
-stamp "building the tests"
-cargo test --no-run "${BUILD_ARGS[@]}"
-phase "cargo build (tests)"
-
-stamp "building (as needed) and starting cluster '$NAME'"
-"${CLUSTER[@]}" up
-eval "$("${CLUSTER[@]}" env)"
-phase "build + cluster up"
-
-stamp "running cargo test ${CARGO_ARGS[*]}"
-cargo test "${CARGO_ARGS[@]}"
-phase "cargo test"
+mapfile -t pure_args < <(with_flag --test "${PURE_TESTS[@]}")
+run_cargo_tests "pure tests" --lib --bins "${pure_args[@]}"
+mapfile -t cluster_args < <(with_flag --test "${CLUSTER_TESTS[@]}")
+# Built before the cluster starts, so the cluster does not idle through the build.
+log "building the cluster tests"
+cargo test --no-run "${cluster_args[@]}"
+phase "cargo build (cluster tests)"
+cluster_up
+log "running the cluster tests: cargo test ${cluster_args[*]}"
+cargo test "${cluster_args[@]}"
+phase "cluster tests"
+# The cluster tests' cluster goes first: the chaos run wants a fresh one with an audit log.
+"${CLUSTER[@]}" down
+CLUSTER_STARTED=0
+phase "cluster down"
+log "chaos run: hack/chaos.sh ${CHAOS_ARGS[*]}"
+chaos=("$ROOT/hack/chaos.sh" --name "$NAME" "${CHAOS_ARGS[@]}")
+[[ -z ${PORT_BASE:-} ]] || chaos+=(--port-base "$PORT_BASE")
+"${chaos[@]}"
+phase "chaos run (small)"

@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use datajob_operator::caches::{Caches, Scope};
 use datajob_operator::leader::{Fence, LeaderElector, Timing};
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
-use datajob_operator::{api, client, http, reconcile};
+use datajob_operator::{api, client, controller, http};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -49,6 +48,15 @@ struct RunArgs {
         default_value = "ghcr.io/datajob-dev/executor:0.1.0"
     )]
     executor_image: String,
+    /// An image prefix executor pods may use (repeatable, or comma-separated in the variable).
+    /// With none, and no `allowedImages` in the job's pool, every image is allowed; otherwise
+    /// a job whose image matches none fails with reason InvalidSpec.
+    #[arg(
+        long = "allowed-image-prefix",
+        env = "DATAJOB_ALLOWED_IMAGE_PREFIXES",
+        value_delimiter = ','
+    )]
+    allowed_image_prefixes: Vec<String>,
     /// Log format.
     #[arg(
         long,
@@ -111,27 +119,14 @@ fn print_crds() -> ExitCode {
 async fn run(args: RunArgs) -> ExitCode {
     telemetry::init_logging(args.log_format);
     let instance = args.instance.clone().unwrap_or_else(default_identity);
-    let config = match kube::Config::infer().await {
-        Ok(config) => config,
-        Err(e) => {
-            error!(error = %e, "failed to load a Kubernetes client configuration (kubeconfig or in-cluster)");
-            return ExitCode::FAILURE;
-        }
-    };
     // Writes of the controllers go through the fence; the elector's own client is not fenced.
     let fence = if args.leader_election {
         Fence::closed()
     } else {
         Fence::open()
     };
-    let clients = client::build(config.clone(), &instance, Some(fence.clone()))
-        .and_then(|fenced| Ok((fenced, client::build(config, &instance, None)?)));
-    let (client, election_client) = match clients {
-        Ok(clients) => clients,
-        Err(e) => {
-            error!(error = %e, "failed to build a Kubernetes client");
-            return ExitCode::FAILURE;
-        }
+    let Some((client, election_client)) = clients(&instance, &fence).await else {
+        return ExitCode::FAILURE;
     };
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -139,54 +134,21 @@ async fn run(args: RunArgs) -> ExitCode {
         ready: ready.clone(),
         metrics: metrics.clone(),
     };
-    let server = match http::serve(args.http_addr, health).await {
-        Ok((addr, server)) => {
-            info!(%addr, "serving /metrics, /healthz and /readyz");
-            server
-        }
-        Err(e) => {
-            error!(addr = %args.http_addr, error = %e, "failed to bind the HTTP endpoints");
-            return ExitCode::FAILURE;
-        }
-    };
-    tokio::spawn(async move {
-        if let Err(e) = server.await {
-            error!(error = %e, "HTTP endpoints stopped");
-        }
-    });
-    // Every replica keeps its caches, leader or not: ready means "this process can serve".
-    let caches = Caches::start(
-        &client,
-        &Scope {
-            namespace: args.namespace.clone(),
-            data_plane: args.data_plane.clone(),
-        },
-    );
-    tokio::spawn({
-        let caches = caches.clone();
-        async move {
-            caches.wait_synced().await;
-            info!("caches synced; ready");
-            ready.store(true, Ordering::Release);
-        }
-    });
-    let config = reconcile::Config {
+    if !serve_endpoints(args.http_addr, health).await {
+        return ExitCode::FAILURE;
+    }
+    let elector = leader_elector(&args, election_client, &instance, fence);
+    let config = controller::Config {
         namespace: args.namespace,
         data_plane: args.data_plane,
         executor_image: args.executor_image,
         concurrency: args.concurrency,
         instance: Some(instance.clone()),
+        allowed_image_prefixes: args.allowed_image_prefixes,
     };
-    let elector = args.leader_election.then(|| {
-        LeaderElector::new(
-            election_client,
-            &args.lease_namespace,
-            &args.lease_name,
-            &instance,
-            Timing::for_lease_duration(Duration::from_secs(args.lease_duration_seconds)),
-            fence,
-        )
-    });
+    // Every replica keeps its caches, leader or not: ready means "this process can serve".
+    let (caches, undecodable) = controller::Caches::start(&client, &config);
+    tokio::spawn(mark_ready(caches.clone(), ready));
     metrics.set_leader(elector.is_none());
     if let Some(elector) = &elector {
         info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");
@@ -195,29 +157,13 @@ async fn run(args: RunArgs) -> ExitCode {
             () = shutdown_signal() => return ExitCode::SUCCESS,
         }
     }
-    // Pool status counts jobs of every namespace, so only an all-namespaces instance writes it.
-    let pools = config
-        .namespace
-        .is_none()
-        .then(|| reconcile::pool::run(client.clone()));
     info!(namespace = ?config.namespace, data_plane = ?config.data_plane, "starting the DataJob controller");
-    let controllers = async move {
-        let jobs = reconcile::run(client, config, metrics.clone(), caches);
-        match pools {
-            Some(pools) => {
-                futures::join!(jobs, pools);
-            }
-            None => jobs.await,
-        }
-        metrics
-    };
+    let controllers = controller::run(client, config, metrics.clone(), caches, undecodable);
     match &elector {
-        None => {
-            controllers.await;
-        }
+        None => controllers.await,
         Some(elector) => {
             tokio::select! {
-                metrics = controllers => {
+                () = controllers => {
                     elector.release().await;
                     metrics.set_leader(false);
                 }
@@ -230,6 +176,30 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     info!("controller stopped");
     ExitCode::SUCCESS
+}
+
+/// The controllers' client (writes fenced by `fence`) and the leader elector's (not fenced),
+/// both with this instance's user agent; None (logged) when no configuration is found.
+async fn clients(instance: &str, fence: &Fence) -> Option<(kube::Client, kube::Client)> {
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(e) => {
+            error!(error = %e, "failed to load a Kubernetes client configuration (kubeconfig or in-cluster)");
+            return None;
+        }
+    };
+    let clients = client::build(config.clone(), instance, Some(fence.clone()))
+        .and_then(|fenced| Ok((fenced, client::build(config, instance, None)?)));
+    clients
+        .inspect_err(|e| error!(error = %e, "failed to build a Kubernetes client"))
+        .ok()
+}
+
+/// Turns readiness on once every cache has listed its objects.
+async fn mark_ready(caches: controller::Caches, ready: Arc<AtomicBool>) {
+    caches.wait_synced().await;
+    info!("caches synced; ready");
+    ready.store(true, Ordering::Release);
 }
 
 /// SIGTERM or SIGINT.
@@ -245,6 +215,46 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// The candidate in the leader election, when `--leader-election` asks for one.
+fn leader_elector(
+    args: &RunArgs,
+    client: kube::Client,
+    instance: &str,
+    fence: Fence,
+) -> Option<LeaderElector> {
+    args.leader_election.then(|| {
+        LeaderElector::new(
+            client,
+            &args.lease_namespace,
+            &args.lease_name,
+            instance,
+            Timing::for_lease_duration(Duration::from_secs(args.lease_duration_seconds)),
+            fence,
+        )
+    })
+}
+
+/// Serves /metrics, /healthz and /readyz in the background; false when the address cannot be
+/// bound.
+async fn serve_endpoints(addr: SocketAddr, health: http::Health) -> bool {
+    let server = match http::serve(addr, health).await {
+        Ok((addr, server)) => {
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+            server
+        }
+        Err(e) => {
+            error!(%addr, error = %e, "failed to bind the HTTP endpoints");
+            return false;
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "HTTP endpoints stopped");
+        }
+    });
+    true
 }
 
 /// Host name and process id, when no instance name is given.

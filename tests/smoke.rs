@@ -3,14 +3,11 @@
 //! `sim.datajob.dev/*` termination contract), RBAC, CEL validation, garbage collection and the
 //! Job controller. Each test works in a namespace of its own; all fail when no cluster answers.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{
-    TestNamespace, admin_client, kubectl, user_client, wait_deleted, wait_established, wait_for,
-};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerStateTerminated, Node, Pod};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -21,6 +18,11 @@ use kube::api::{
 };
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use support::{
+    MATERIALIZE_RESULT, MATERIALIZE_SNAPSHOT_ID, TestNamespace, admin_client, annotate_pod,
+    condition_is_true, eventually, exit_annotations, is_forbidden, kubectl, node_of, user_client,
+    wait_deleted, wait_established, wait_for,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -49,10 +51,10 @@ fn phase(pod: &Pod) -> &str {
 }
 
 fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    condition_is_true!(
+        pod.status.as_ref().and_then(|s| s.conditions.as_ref()),
+        "Ready"
+    )
 }
 
 fn terminated(pod: &Pod) -> Vec<ContainerStateTerminated> {
@@ -67,15 +69,59 @@ fn terminated(pod: &Pod) -> Vec<ContainerStateTerminated> {
         .unwrap_or_default()
 }
 
-async fn create_running_pod(api: &Api<Pod>, pod: Pod) -> Pod {
+/// Creates the pod and waits until it is in `phase` (and Ready, for `Running`).
+async fn create_pod_until(api: &Api<Pod>, pod: Pod, wanted: &str) -> Pod {
     let name = pod.name_any();
     api.create(&PostParams::default(), &pod)
         .await
         .unwrap_or_else(|e| panic!("create pod {name}: {e}"));
     wait_for(api, &name, TIMEOUT, |p| {
-        phase(p) == "Running" && is_ready(p)
+        phase(p) == wanted && (wanted != "Running" || is_ready(p))
     })
     .await
+}
+
+async fn create_running_pod(api: &Api<Pod>, pod: Pod) -> Pod {
+    create_pod_until(api, pod, "Running").await
+}
+
+/// A namespace of its own for a smoke test, and the pods API in it.
+async fn pods_in_new_namespace(prefix: &str) -> (Client, TestNamespace, Api<Pod>) {
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let pods = Api::namespaced(client.clone(), ns.name());
+    (client, ns, pods)
+}
+
+/// Deletes the pod with a grace period of `seconds`.
+async fn delete_gracefully(pods: &Api<Pod>, name: &str, seconds: u32) {
+    let params = DeleteParams {
+        grace_period_seconds: Some(seconds),
+        ..Default::default()
+    };
+    pods.delete(name, &params)
+        .await
+        .unwrap_or_else(|e| panic!("delete pod {name}: {e}"));
+}
+
+/// Asserts that every one of `count` containers terminated with `exit_code`, `reason` and
+/// `message`.
+fn assert_terminated(pod: &Pod, count: usize, exit_code: i32, reason: &str, message: Option<&str>) {
+    let states = terminated(pod);
+    assert_eq!(states.len(), count, "{:?}", pod.status);
+    for t in &states {
+        assert_eq!(t.exit_code, exit_code);
+        assert_eq!(t.reason.as_deref(), Some(reason));
+        assert_eq!(t.message.as_deref(), message);
+    }
+}
+
+fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.annotations().get(key).map(String::as_str)
+}
+
+fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.labels().get(key).map(String::as_str)
 }
 
 #[tokio::test]
@@ -90,17 +136,12 @@ async fn fake_nodes_are_ready_grouped_and_untainted() {
     for node in &list.items {
         let name = node.name_any();
         assert_eq!(
-            node.annotations()
-                .get("kwok.x-k8s.io/node")
-                .map(String::as_str),
+            annotation(node, "kwok.x-k8s.io/node"),
             Some("fake"),
             "node {name} is not a kwok node"
         );
-        let ready = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+        let ready = condition_is_true!(conditions, "Ready");
         assert!(ready, "node {name} is not Ready: {:?}", node.status);
         let taints = node
             .spec
@@ -114,24 +155,13 @@ async fn fake_nodes_are_ready_grouped_and_untainted() {
             .and_then(|s| s.capacity.clone())
             .unwrap_or_default();
         if name.starts_with("kwok-node-") {
-            assert_eq!(
-                capacity.get("cpu").map(|q| q.0.as_str()),
-                Some("16"),
-                "{name}"
-            );
-            assert_eq!(
-                capacity.get("memory").map(|q| q.0.as_str()),
-                Some("64Gi"),
-                "{name}"
-            );
-            assert_eq!(
-                capacity.get("pods").map(|q| q.0.as_str()),
-                Some("110"),
-                "{name}"
-            );
+            for (resource, amount) in [("cpu", "16"), ("memory", "64Gi"), ("pods", "110")] {
+                let have = capacity.get(resource).map(|q| q.0.as_str());
+                assert_eq!(have, Some(amount), "{name}: {resource}");
+            }
         }
-        if let Some(g) = node.labels().get("datajob.dev/node-group") {
-            *groups.entry(g.clone()).or_default() += 1;
+        if let Some(g) = label(node, "datajob.dev/node-group") {
+            *groups.entry(g.to_string()).or_default() += 1;
         }
     }
     println!("{} kwok nodes, groups {groups:?}", list.items.len());
@@ -140,38 +170,27 @@ async fn fake_nodes_are_ready_grouped_and_untainted() {
         "expected at least 6 kwok nodes, got {}",
         list.items.len()
     );
-    assert!(
-        groups.get("a").copied().unwrap_or(0) >= 3,
-        "node group a: {groups:?}"
-    );
-    assert!(
-        groups.get("b").copied().unwrap_or(0) >= 3,
-        "node group b: {groups:?}"
-    );
+    for group in ["a", "b"] {
+        assert!(
+            groups.get(group).copied().unwrap_or(0) >= 3,
+            "node group {group}: {groups:?}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn pod_is_scheduled_onto_a_fake_node_and_runs() {
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "smoke-pod").await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    let nodes: Api<Node> = Api::all(client.clone());
+    let (client, ns, pods) = pods_in_new_namespace("smoke-pod").await;
 
     let started = Instant::now();
     let pod = create_running_pod(&pods, pod_manifest("runner", json!({}), json!({}))).await;
     println!("pod Running and Ready after {:?}", started.elapsed());
-    let node_name = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .expect("scheduled");
-    let node = nodes.get(&node_name).await.expect("the pod's node");
+    let node = node_of(&client, &pod).await;
     assert_eq!(
-        node.annotations()
-            .get("kwok.x-k8s.io/node")
-            .map(String::as_str),
+        annotation(&node, "kwok.x-k8s.io/node"),
         Some("fake"),
-        "pod landed on {node_name}, which is not a kwok node"
+        "pod landed on {}, which is not a kwok node",
+        node.name_any()
     );
     let status = pod.status.as_ref().expect("status");
     assert!(status.pod_ip.is_some(), "no pod IP: {status:?}");
@@ -190,38 +209,18 @@ async fn pod_is_scheduled_onto_a_fake_node_and_runs() {
         json!({ "nodeSelector": { "datajob.dev/node-group": "b" } }),
     );
     let pod = create_running_pod(&pods, pinned).await;
-    let node_name = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .expect("scheduled");
-    let node = nodes.get(&node_name).await.expect("node");
-    assert_eq!(
-        node.labels()
-            .get("datajob.dev/node-group")
-            .map(String::as_str),
-        Some("b")
-    );
+    let node = node_of(&client, &pod).await;
+    assert_eq!(label(&node, "datajob.dev/node-group"), Some("b"));
     ns.cleanup().await;
 }
 
 #[tokio::test]
 async fn graceful_delete_honours_the_grace_period() {
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "smoke-grace").await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let (_, ns, pods) = pods_in_new_namespace("smoke-grace").await;
     create_running_pod(&pods, pod_manifest("slow-to-stop", json!({}), json!({}))).await;
 
     let started = Instant::now();
-    pods.delete(
-        "slow-to-stop",
-        &DeleteParams {
-            grace_period_seconds: Some(3),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("delete");
+    delete_gracefully(&pods, "slow-to-stop", 3).await;
     let terminating = pods
         .get_opt("slow-to-stop")
         .await
@@ -264,9 +263,7 @@ async fn graceful_delete_honours_the_grace_period() {
 
 #[tokio::test]
 async fn a_terminating_pod_that_exits_is_removed_before_its_grace_period_ends() {
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "smoke-sigterm").await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let (_, ns, pods) = pods_in_new_namespace("smoke-sigterm").await;
     create_running_pod(
         &pods,
         pod_manifest("exits-on-sigterm", json!({}), json!({})),
@@ -274,24 +271,14 @@ async fn a_terminating_pod_that_exits_is_removed_before_its_grace_period_ends() 
     .await;
 
     let started = Instant::now();
-    pods.delete(
-        "exits-on-sigterm",
-        &DeleteParams {
-            grace_period_seconds: Some(60),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("delete");
+    delete_gracefully(&pods, "exits-on-sigterm", 60).await;
     // The process handles SIGTERM and exits 143: the test plays that by annotating the pod.
-    let exit = json!({ "metadata": { "annotations": { "sim.datajob.dev/exit-code": "143" } } });
-    pods.patch(
+    annotate_pod(
+        &pods,
         "exits-on-sigterm",
-        &PatchParams::default(),
-        &Patch::Merge(&exit),
+        json!({ "sim.datajob.dev/exit-code": "143" }),
     )
-    .await
-    .expect("annotate the terminating pod");
+    .await;
     wait_deleted(&pods, "exits-on-sigterm", Duration::from_secs(15)).await;
     println!(
         "terminating pod that exited was gone after {:?} (grace period 60 s)",
@@ -303,50 +290,24 @@ async fn a_terminating_pod_that_exits_is_removed_before_its_grace_period_ends() 
 
 #[tokio::test]
 async fn annotated_pods_terminate_with_the_requested_exit_code_reason_and_message() {
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "smoke-exit").await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let (_, ns, pods) = pods_in_new_namespace("smoke-exit").await;
 
     // 1. Exit 0 with a JSON termination message holding a 64-bit id; annotated at creation.
-    let result = r#"{"datasetId": 6404, "snapshotId": 739881302291276700, "recalculationId": "abf9a2ec-426b-4751-bd16-fcb435061925"}"#;
-    let ok = pod_manifest(
-        "driver-ok",
-        json!({ "sim.datajob.dev/exit-code": "0", "sim.datajob.dev/message": result }),
-        json!({}),
-    );
-    pods.create(&PostParams::default(), &ok)
-        .await
-        .expect("create driver-ok");
-    let pod = wait_for(&pods, "driver-ok", TIMEOUT, |p| phase(p) == "Succeeded").await;
-    let states = terminated(&pod);
-    assert_eq!(states.len(), 1, "{:?}", pod.status);
-    assert_eq!(states[0].exit_code, 0);
-    assert_eq!(states[0].reason.as_deref(), Some("Completed"));
-    assert_eq!(states[0].message.as_deref(), Some(result));
-    let parsed: Value = serde_json::from_str(states[0].message.as_deref().unwrap()).unwrap();
-    assert_eq!(parsed["snapshotId"].as_u64(), Some(739_881_302_291_276_700));
+    let result = MATERIALIZE_RESULT;
+    let ok = pod_manifest("driver-ok", exit_annotations(0, result), json!({}));
+    let pod = create_pod_until(&pods, ok, "Succeeded").await;
+    assert_terminated(&pod, 1, 0, "Completed", Some(result));
+    let message = terminated(&pod)[0].message.clone().unwrap();
+    let parsed: Value = serde_json::from_str(&message).unwrap();
+    assert_eq!(parsed["snapshotId"].as_u64(), Some(MATERIALIZE_SNAPSHOT_ID));
     assert!(!is_ready(&pod));
 
     // 2. A running pod annotated later exits non-zero; reason defaults to "Error".
     create_running_pod(&pods, pod_manifest("driver-fails", json!({}), json!({}))).await;
     let failure = r#"{"reason": "InvalidQuery", "message": "table t does not exist"}"#;
-    let annotate = json!({ "metadata": { "annotations": {
-        "sim.datajob.dev/exit-code": "3",
-        "sim.datajob.dev/message": failure,
-    }}});
-    pods.patch(
-        "driver-fails",
-        &PatchParams::default(),
-        &Patch::Merge(&annotate),
-    )
-    .await
-    .expect("annotate driver-fails");
+    annotate_pod(&pods, "driver-fails", exit_annotations(3, failure)).await;
     let pod = wait_for(&pods, "driver-fails", TIMEOUT, |p| phase(p) == "Failed").await;
-    let states = terminated(&pod);
-    assert_eq!(states.len(), 1, "{:?}", pod.status);
-    assert_eq!(states[0].exit_code, 3);
-    assert_eq!(states[0].reason.as_deref(), Some("Error"));
-    assert_eq!(states[0].message.as_deref(), Some(failure));
+    assert_terminated(&pod, 1, 3, "Error", Some(failure));
 
     // 3. An explicit reason, on every container of a two-container pod.
     let two = pod_manifest(
@@ -357,22 +318,9 @@ async fn annotated_pods_terminate_with_the_requested_exit_code_reason_and_messag
             { "name": "b", "image": "example.invalid/smoke:1" },
         ]}),
     );
-    pods.create(&PostParams::default(), &two)
-        .await
-        .expect("create oom");
-    let pod = wait_for(&pods, "oom", TIMEOUT, |p| phase(p) == "Failed").await;
-    let states = terminated(&pod);
-    assert_eq!(states.len(), 2, "{:?}", pod.status);
-    for t in &states {
-        assert_eq!(t.exit_code, 137);
-        assert_eq!(t.reason.as_deref(), Some("OOMKilled"));
-        assert_eq!(t.message, None);
-    }
+    let pod = create_pod_until(&pods, two, "Failed").await;
+    assert_terminated(&pod, 2, 137, "OOMKilled", None);
     ns.cleanup().await;
-}
-
-fn is_forbidden(result: &Result<impl std::fmt::Debug, kube::Error>) -> bool {
-    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
 }
 
 #[tokio::test]
@@ -406,20 +354,14 @@ async fn rbac_denies_a_user_without_a_grant_and_allows_after_a_role_binding() {
         .expect("create role binding");
 
     // The RBAC authorizer reads roles from an informer: poll (bounded) until the grant is seen.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match alice_pods.list(&ListParams::default()).await {
-            Ok(list) => {
-                println!("alice may list pods ({} found)", list.items.len());
-                break;
-            }
-            Err(e) if Instant::now() < deadline => {
-                assert!(is_forbidden(&Err::<(), _>(e)), "unexpected error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("alice still cannot list pods 15 s after the role binding: {e}"),
-        }
-    }
+    let what = "alice to be allowed to list pods after the role binding";
+    let list = eventually(what, Duration::from_secs(15), async || {
+        let listed = alice_pods.list(&ListParams::default()).await;
+        assert!(listed.is_ok() || is_forbidden(&listed), "{listed:?}");
+        listed.ok()
+    })
+    .await;
+    println!("alice may list pods ({} found)", list.items.len());
     let still_denied = bob_pods.list(&ListParams::default()).await;
     assert!(
         is_forbidden(&still_denied),
@@ -489,16 +431,15 @@ async fn cel_transition_rule_rejects_a_forbidden_update_also_through_kubectl() {
     }))
     .unwrap();
     // An Established CRD may take a moment to be served everywhere: retry on 404 (bounded).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let what = "the Widget API to be served";
+    eventually(what, Duration::from_secs(15), async || {
         match widgets.create(&PostParams::default(), &widget).await {
-            Ok(_) => break,
-            Err(kube::Error::Api(s)) if s.code == 404 && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Ok(_) => Some(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => None,
             Err(e) => panic!("create widget: {e}"),
         }
-    }
+    })
+    .await;
 
     // A mutable field may change; the guarded one may not.
     widgets
@@ -600,10 +541,8 @@ async fn garbage_collector_deletes_dependents_of_a_deleted_owner() {
 
 #[tokio::test]
 async fn job_controller_creates_the_pod_of_a_job_and_completes_it() {
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "smoke-job").await;
+    let (client, ns, pods) = pods_in_new_namespace("smoke-job").await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns.name());
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     let job: Job = serde_json::from_value(json!({
         "metadata": { "name": "once" },
         "spec": {
@@ -626,21 +565,14 @@ async fn job_controller_creates_the_pod_of_a_job_and_completes_it() {
     let job_uid = job.uid().expect("uid");
 
     // The Job controller (kube-controller-manager) creates the pod; poll the list (bounded).
-    let deadline = Instant::now() + TIMEOUT;
-    let pod = loop {
+    let pod = eventually("a pod for job 'once'", TIMEOUT, async || {
         let list = pods
             .list(&ListParams::default().labels("batch.kubernetes.io/job-name=once"))
             .await
             .expect("list pods");
-        if let Some(pod) = list.items.into_iter().next() {
-            break pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no pod for job 'once' after {TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        list.items.into_iter().next()
+    })
+    .await;
     let owner = pod
         .owner_references()
         .first()
@@ -653,13 +585,10 @@ async fn job_controller_creates_the_pod_of_a_job_and_completes_it() {
     println!("job pod {} created by the job controller", pod.name_any());
 
     let done = wait_for(&jobs, "once", TIMEOUT, |j| {
-        j.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Complete" && c.status == "True")
-            })
+        condition_is_true!(
+            j.status.as_ref().and_then(|s| s.conditions.as_ref()),
+            "Complete"
+        )
     })
     .await;
     assert_eq!(done.status.as_ref().and_then(|s| s.succeeded), Some(1));

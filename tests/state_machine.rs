@@ -7,10 +7,10 @@ use std::time::Duration;
 use datajob_operator::api::{
     ClusterType, DataJobSpec, DataJobStatus, ExecutorSpec, JobInput, JobState, JobType,
 };
-use datajob_operator::executor::{self, Role};
-use datajob_operator::reconcile::decide::{
-    Observation, ObservedPod, Plan, PodPhase, PoolView, Termination, decide,
+use datajob_operator::domain::{
+    Observation, ObservedPod, Plan, PodPhase, PoolView, Reason, Termination, decide,
 };
+use datajob_operator::executor::{self, Role};
 use jiff::Timestamp;
 use proptest::prelude::*;
 
@@ -59,6 +59,7 @@ impl Job {
                 pods: Vec::new(),
                 pool: PoolView::NotRequested,
                 rejection: None,
+                refusal: None,
             },
         }
     }
@@ -177,7 +178,7 @@ fn condition(job: &Job, type_: &str) -> String {
         .unwrap_or_default()
 }
 
-fn reasons(plan: &Plan) -> Vec<&'static str> {
+fn reasons(plan: &Plan) -> Vec<Reason> {
     plan.events.iter().map(|e| e.reason).collect()
 }
 

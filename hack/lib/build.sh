@@ -3,7 +3,7 @@
 # idempotent and skips what is already built.
 # shellcheck shell=bash
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# Logs with log() of hack/lib/common.sh, which the caller sources first.
 
 # Directory holding kube-apiserver, kube-controller-manager, kube-scheduler and kubectl.
 k8s_bin_dir() { echo "$DATAJOB_CACHE/bin/kubernetes-$K8S_VERSION"; }

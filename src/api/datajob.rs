@@ -24,6 +24,15 @@ pub const DEFAULT_WORKERS: i32 = 2;
 pub const MAX_WORKERS: i32 = 64;
 /// Grace period given to executor pods when `spec.executor.terminationGracePeriodSeconds` is unset.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+/// Longest grace period an executor pod may get.
+pub const MAX_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 3600;
+/// Longest `spec.activeDeadlineSeconds` (one year).
+pub const MAX_ACTIVE_DEADLINE_SECONDS: i64 = 31_536_000;
+/// Longest `spec.ttlSecondsAfterFinished` (one year).
+pub const MAX_TTL_SECONDS_AFTER_FINISHED: i32 = 31_536_000;
+/// Largest `spec.input.datasetId` (10^18: exact in the API server's float comparison and far
+/// inside int64).
+pub const MAX_DATASET_ID: i64 = 1_000_000_000_000_000_000;
 
 /// A data job: a materialized view or an NQL forecast, run by executor pods on a data plane.
 // Every printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
@@ -107,10 +116,13 @@ pub struct DataJobSpec {
     )]
     pub data_plane: String,
 
-    /// Name of the ComputePool the job runs in. When set and the pool does not exist yet, the
-    /// job waits in `pending` until it appears. Immutable.
+    /// Name of the ComputePool the job runs in (a DNS-1123 label). When set and the pool does
+    /// not exist yet, the job waits in `pending` until it appears. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub compute_pool: Option<String>,
 
     /// Executor cluster type: `dedicated` (own driver and workers, no node shared with other
@@ -132,15 +144,16 @@ pub struct DataJobSpec {
     #[schemars(length(max = 1024))]
     pub cancel_reason: Option<String>,
 
-    /// A job running longer than this many seconds fails with reason `DeadlineExceeded`.
-    /// Immutable.
+    /// A job running longer than this many seconds (1 to 31536000, one year) fails with
+    /// reason `DeadlineExceeded`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 31_536_000))]
     pub active_deadline_seconds: Option<i64>,
 
-    /// A finished DataJob is deleted this many seconds after it finished.
+    /// A finished DataJob is deleted this many seconds (0 to 31536000, one year) after it
+    /// finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 31_536_000))]
     pub ttl_seconds_after_finished: Option<i32>,
 }
 
@@ -171,21 +184,24 @@ impl fmt::Display for JobType {
 }
 
 /// The job's query and the dataset it works on.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobInput {
-    /// The NQL statement to run (non-empty, at most 256 KiB).
+    /// The NQL statement to run (non-empty, at most 256 KiB of UTF-8).
     #[schemars(length(min = 1, max = 262144))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 262144").message("spec.input.nql must be at most 256 KiB (262144 UTF-8 bytes)"))]
     pub nql: String,
 
-    /// The SQL the NQL compiled to, when already known.
+    /// The SQL the NQL compiled to, when already known (at most 256 KiB of UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 262144))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 262144").message("spec.input.compiledSql must be at most 256 KiB (262144 UTF-8 bytes)"))]
     pub compiled_sql: Option<String>,
 
-    /// The dataset the job reads or materializes; required for `materialize-view`.
+    /// The dataset the job reads or materializes (1 to 10^18); required for
+    /// `materialize-view`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000_000_000_000i64))]
     pub dataset_id: Option<i64>,
 
     /// Whether the executor collects statistics while running.
@@ -200,10 +216,12 @@ pub struct JobInput {
 pub struct ExecutorSpec {
     /// Container image of the executor pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::image")]
     pub image: Option<String>,
 
     /// Compute resources of each executor container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::resources")]
     pub resources: Option<ResourceRequirements>,
 
     /// Worker pods beside the driver (dedicated clusters only; default 2, 0 to 64).
@@ -211,7 +229,8 @@ pub struct ExecutorSpec {
     #[schemars(range(min = 0, max = 64))]
     pub workers: Option<i32>,
 
-    /// Seconds each executor pod gets between SIGTERM and SIGKILL on teardown (default 30).
+    /// Seconds each executor pod gets between SIGTERM and SIGKILL on teardown (default 30,
+    /// 0 to 3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: Option<i64>,
@@ -219,7 +238,7 @@ pub struct ExecutorSpec {
     /// Extra environment variables for the executor containers (at most 64; the DATAJOB_*
     /// contract variables are the operator's and cannot be set here).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(schema_with = "super::schema::env")]
     pub env: Vec<EnvVar>,
 }
 
@@ -317,8 +336,10 @@ pub struct DataJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancellation: Option<Cancellation>,
 
-    /// Number of the job's executor pods that still exist.
+    /// Number of the job's executor pods that still exist (0 to 65: a driver and at most 64
+    /// workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65))]
     pub active_executors: Option<i32>,
 
     /// The metadata.generation this status was computed from.

@@ -4,6 +4,7 @@
 pub mod computepool;
 pub mod condition;
 pub mod datajob;
+pub mod schema;
 
 use std::fmt;
 

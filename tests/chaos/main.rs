@@ -20,6 +20,8 @@
 mod audit;
 mod processes;
 mod recorder;
+#[path = "../support/mod.rs"]
+mod support;
 mod table;
 
 use std::collections::BTreeSet;

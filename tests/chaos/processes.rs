@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use crate::support::operator::log_has_message;
 
 /// Sends `signal` (e.g. "-STOP") to `pid`.
 pub fn signal(pid: u32, signal: &str) {
@@ -80,15 +80,7 @@ impl Replica {
 
     /// Whether its log has a line whose message starts with `message`.
     pub fn logged(&self, message: &str) -> bool {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|l| {
-                l["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(message))
-            })
+        log_has_message(&self.log, message)
     }
 
     /// Lines of its log containing `text`.

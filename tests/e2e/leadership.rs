@@ -14,12 +14,11 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{TestNamespace, admin_client, wait_for};
-use crate::fixture::*;
+use crate::support::*;
 
 const LEASE: &str = "datajob-operator";
 
@@ -72,49 +71,23 @@ async fn leader_gauge(addr: SocketAddr) -> Option<i64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Polls `what` until it returns true; panics after [`STEP`] with `describe`.
-async fn eventually<F, Fut>(describe: &str, what: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + STEP;
-    while !what().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {STEP:?} waiting until {describe}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn wait_ready(addr: SocketAddr) {
-    eventually(&format!("{addr}/readyz answers 200"), || async {
+    eventually(format!("{addr}/readyz to answer 200"), STEP, async || {
         get(addr, "/readyz")
             .await
             .is_some_and(|(code, _)| code == 200)
+            .then_some(())
     })
     .await;
 }
 
 async fn wait_gauge(addr: SocketAddr, expected: i64) {
     eventually(
-        &format!("{addr} reports datajob_operator_leader {expected}"),
-        || async { leader_gauge(addr).await == Some(expected) },
+        format!("{addr} to report datajob_operator_leader {expected}"),
+        STEP,
+        async || (leader_gauge(addr).await == Some(expected)).then_some(()),
     )
     .await;
-}
-
-fn logged(operator: &Operator, message: &str) -> bool {
-    std::fs::read_to_string(operator.log())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .any(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(message))
-        })
 }
 
 fn holder(lease: &Lease) -> Option<String> {
@@ -198,7 +171,7 @@ async fn a_plain_run_is_ready_once_its_caches_sync_and_reports_that_it_leads() {
     wait_ready(addr).await;
     assert_eq!(get(addr, "/healthz").await.map(|r| r.0), Some(200));
     assert_eq!(leader_gauge(addr).await, Some(1), "no election: it leads");
-    assert!(logged(&operator, "caches synced; ready"));
+    assert!(operator.logged("caches synced; ready"));
     drop(operator);
     ns.cleanup().await;
 }
@@ -220,11 +193,11 @@ async fn a_standby_is_ready_and_reports_that_it_does_not_lead_until_it_takes_ove
         Some(0),
         "the standby does not lead"
     );
-    eventually("replica-b logs that it stands by", || async {
-        logged(&b, "standing by")
+    eventually("replica-b to log that it stands by", STEP, async || {
+        b.logged("standing by").then_some(())
     })
     .await;
-    jobs.create(&PostParams::default(), &datajob("led-by-a", json!({})))
+    jobs.create(&PostParams::default(), &datajob("led-by-a").build())
         .await
         .expect("create job");
     wait_state(&jobs, "led-by-a", JobState::Running).await;
@@ -235,8 +208,8 @@ async fn a_standby_is_ready_and_reports_that_it_does_not_lead_until_it_takes_ove
         holder(&leases.get(LEASE).await.expect("lease")).as_deref(),
         Some("replica-b")
     );
-    assert!(logged(&b, "acquired leadership"));
-    jobs.create(&PostParams::default(), &datajob("led-by-b", json!({})))
+    assert!(b.logged("acquired leadership"));
+    jobs.create(&PostParams::default(), &datajob("led-by-b").build())
         .await
         .expect("create job");
     wait_state(&jobs, "led-by-b", JobState::Running).await;
@@ -375,7 +348,10 @@ async fn rolling_update(replicas: i32) {
         old.push((operator, addr));
     }
     for (_, addr) in &old {
-        eventually("an old replica is ready", || ready(*addr)).await;
+        eventually("an old replica to be ready", STEP, async || {
+            ready(*addr).await.then_some(())
+        })
+        .await;
     }
     let mut new: Vec<(Operator, SocketAddr)> = Vec::new();
     let mut started = 0;
@@ -391,8 +367,9 @@ async fn rolling_update(replicas: i32) {
         // Scale the old set down only while enough replicas stay ready.
         let (_, newest) = new.last().expect("a new replica");
         eventually(
-            "the newest replica passes the chart's readiness probe",
-            || ready(*newest),
+            "the newest replica to pass the chart's readiness probe",
+            STEP,
+            async || ready(*newest).await.then_some(()),
         )
         .await;
         let mut ready_count = 0;
@@ -424,7 +401,7 @@ async fn rolling_update(replicas: i32) {
         wait_gauge(*addr, expected).await;
     }
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), &name);
-    jobs.create(&PostParams::default(), &datajob("after-rollout", json!({})))
+    jobs.create(&PostParams::default(), &datajob("after-rollout").build())
         .await
         .expect("create job");
     wait_state(&jobs, "after-rollout", JobState::Running).await;
@@ -504,7 +481,7 @@ async fn a_standby_judges_expiry_by_its_own_clock_not_the_holders_renew_time() {
             .expect("renew the Lease (a 409 means the standby took it)");
     }
     assert_eq!(leader_gauge(addr).await, Some(0));
-    assert!(logged(&standby, "standing by"));
+    assert!(standby.logged("standing by"));
     // The holder stops renewing: the standby takes over a lease duration after the last change.
     let taken = wait_for(&leases, LEASE, STEP, |l: &Lease| {
         holder(l).as_deref() == Some("standby")
@@ -532,7 +509,7 @@ async fn a_frozen_leader_stops_when_it_resumes_after_another_took_over() {
         holder(l).as_deref() == Some("replica-b")
     })
     .await;
-    jobs.create(&PostParams::default(), &datajob("while-frozen", json!({})))
+    jobs.create(&PostParams::default(), &datajob("while-frozen").build())
         .await
         .expect("create job");
     wait_state(&jobs, "while-frozen", JobState::Running).await;
@@ -550,7 +527,7 @@ async fn a_frozen_leader_stops_when_it_resumes_after_another_took_over() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(!status.success(), "it exits non-zero: {status}");
-    assert!(logged(&a, "stopped leading"));
+    assert!(a.logged("stopped leading"));
     assert_eq!(
         holder(&leases.get(LEASE).await.expect("lease")).as_deref(),
         Some("replica-b")

@@ -2,26 +2,24 @@
 //! test has its own namespace and its own operator process, and synchronises on watches of the
 //! objects, never on sleeps.
 
-#[path = "../common/mod.rs"]
-mod common;
-mod fixture;
 mod leadership;
 mod pools;
 mod resilience;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use datajob_operator::api::{ComputePool, DataJob, JobState};
 use datajob_operator::executor::{LABEL_JOB_UID, LABEL_ROLE};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use common::{TestNamespace, admin_client, kubectl, wait_deleted, wait_for};
-use fixture::*;
+use support::*;
 
 struct Env {
     client: Client,
@@ -29,12 +27,21 @@ struct Env {
     jobs: Api<DataJob>,
     pods: Api<Pod>,
     operator: Operator,
+    /// ComputePools (cluster-scoped) named by [`Env::pool_name`], deleted by [`Env::finish`].
+    pools: Vec<String>,
 }
 
-async fn env(prefix: &str) -> Env {
+/// A client, the CRDs installed, and a fresh namespace.
+async fn cluster_namespace(prefix: &str) -> (Client, TestNamespace) {
     let client = admin_client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, prefix).await;
+    (client, ns)
+}
+
+/// A fresh namespace with an operator process watching it.
+async fn env(prefix: &str) -> Env {
+    let (client, ns) = cluster_namespace(prefix).await;
     let operator = Operator::start(ns.name());
     Env {
         jobs: Api::namespaced(client.clone(), ns.name()),
@@ -42,20 +49,56 @@ async fn env(prefix: &str) -> Env {
         client,
         ns,
         operator,
+        pools: Vec::new(),
     }
 }
 
 impl Env {
-    async fn create(&self, job: &DataJob) -> DataJob {
+    async fn create(&self, job: impl Into<DataJob>) -> DataJob {
+        let job = job.into();
         self.jobs
-            .create(&PostParams::default(), job)
+            .create(&PostParams::default(), &job)
             .await
             .unwrap_or_else(|e| panic!("cannot create DataJob {}: {e}", job.name_any()))
+    }
+
+    /// Creates the job, waits until it runs with `pods` running executor pods, cancels it with
+    /// `reason`, and waits for pending_cancellation. Returns the job as created and as then.
+    async fn cancel_while_running(
+        &self,
+        job: DataJobBuilder,
+        pods: usize,
+        reason: &str,
+    ) -> (DataJob, DataJob) {
+        let name = job.name().to_string();
+        let job = self.create(job).await;
+        wait_state(&self.jobs, &name, JobState::Running).await;
+        wait_pods_running(&self.pods, &job, pods).await;
+        cancel(&self.jobs, &name, reason).await;
+        let pending = wait_state(&self.jobs, &name, JobState::PendingCancellation).await;
+        (job, pending)
+    }
+
+    /// A ComputePool name of this test's own (`<prefix>-<namespace>`), deleted by `finish`.
+    fn pool_name(&mut self, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", self.ns.name());
+        self.pools.push(name.clone());
+        name
+    }
+
+    /// Creates a ComputePool of this test's own with `spec`, deleted by `finish`.
+    async fn own_pool(&mut self, prefix: &str, spec: serde_json::Value) -> String {
+        let name = self.pool_name(prefix);
+        create_pool(&self.client, &compute_pool(&name, spec)).await;
+        name
     }
 
     async fn finish(self) {
         drop(self.operator);
         self.ns.cleanup().await;
+        for pool in &self.pools {
+            delete_pool(&self.client, pool).await;
+        }
     }
 }
 
@@ -83,10 +126,6 @@ async fn events_for(client: &Client, namespace: &str, job: &str) -> Vec<Event> {
         .collect()
 }
 
-fn states(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
 #[tokio::test]
 async fn shared_job_runs_to_completed_with_the_drivers_result() {
     let env = env("e2e-shared").await;
@@ -104,9 +143,7 @@ async fn shared_job_runs_to_completed_with_the_drivers_result() {
         .await
         .expect("label the namespace restricted");
     let log = StateLog::start(&env.client, env.ns.name(), "report");
-    let job = env
-        .create(&datajob("report", json!({ "clusterType": "shared" })))
-        .await;
+    let job = env.create(datajob("report").cluster_type("shared")).await;
     wait_state(&env.jobs, "report", JobState::Running).await;
     let pods = wait_pods_running(&env.pods, &job, 1).await;
     let driver = &pods[0];
@@ -165,41 +202,34 @@ async fn shared_job_runs_to_completed_with_the_drivers_result() {
         .output()
         .expect("kubectl runs");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "739881302291276700");
-    let seen = log.stop_after(JobState::Completed).await;
-    println!("shared job states: {:?}", seen.states);
-    assert_eq!(seen.states, states(&["pending", "running", "completed"]));
+    log.expect_states("shared job", &["pending", "running", "completed"])
+        .await;
     env.finish().await;
 }
 
 #[tokio::test]
 async fn dedicated_job_gets_driver_and_workers_on_its_pools_nodes_and_completes() {
-    let env = env("e2e-dedicated").await;
-    let pool = format!("dedicated-{}", env.ns.name());
-    create_pool(
-        &env.client,
-        &compute_pool(
-            &pool,
+    let mut env = env("e2e-dedicated").await;
+    let pool = env
+        .own_pool(
+            "dedicated",
             json!({ "clusterType": "dedicated", "nodeSelector": { "datajob.dev/node-group": "b" } }),
-        ),
-    )
-    .await;
+        )
+        .await;
     let log = StateLog::start(&env.client, env.ns.name(), "forecast");
     let job = env
-        .create(&datajob(
-            "forecast",
-            json!({ "type": "nql-forecast", "computePool": pool, "executor": { "workers": 2 } }),
-        ))
+        .create(
+            datajob("forecast")
+                .job_type("nql-forecast")
+                .pool(&pool)
+                .workers(2),
+        )
         .await;
     wait_state(&env.jobs, "forecast", JobState::Running).await;
     let pods = wait_pods_running(&env.pods, &job, 3).await;
-    let nodes: Api<Node> = Api::all(env.client.clone());
     for pod in &pods {
-        let node_name = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .expect("scheduled");
-        let node = nodes.get(&node_name).await.expect("node exists");
+        let node = node_of(&env.client, pod).await;
+        let node_name = node.name_any();
         assert_eq!(node.labels()["datajob.dev/node-group"], "b", "{node_name}");
         assert!(
             pod.spec
@@ -268,36 +298,17 @@ async fn dedicated_job_gets_driver_and_workers_on_its_pools_nodes_and_completes(
         .expect("forecast");
     assert_eq!(forecast["horizonDays"], 7);
     // Workers still running are released once the job completed.
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        let left: Vec<Pod> = job_pods(&env.pods, &job)
-            .await
-            .into_iter()
-            .filter(|p| p.labels()[LABEL_ROLE] == "worker")
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "workers were not released: {}",
-            left.len()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let seen = log.stop_after(JobState::Completed).await;
-    println!("dedicated job states: {:?}", seen.states);
-    assert_eq!(seen.states, states(&["pending", "running", "completed"]));
-    let client = env.client.clone();
+    wait_pods_gone(&env.pods, &job, |p| p.labels()[LABEL_ROLE] == "worker").await;
+    log.expect_states("dedicated job", &["pending", "running", "completed"])
+        .await;
     env.finish().await;
-    delete_pool(&client, &pool).await;
 }
 
 #[tokio::test]
 async fn failing_driver_fails_the_job_with_its_reason() {
     let env = env("e2e-fail").await;
     let log = StateLog::start(&env.client, env.ns.name(), "broken");
-    let job = env.create(&datajob("broken", json!({}))).await;
+    let job = env.create(datajob("broken")).await;
     let pods = wait_pods_running(&env.pods, &job, 1).await;
     exit_pod(
         &env.pods,
@@ -322,38 +333,28 @@ async fn failing_driver_fails_the_job_with_its_reason() {
         .find(|c| c.type_ == "Failed")
         .expect("Failed condition");
     assert_eq!(failed_condition.status, "True");
-    let seen = log.stop_after(JobState::Failed).await;
-    println!("failing job states: {:?}", seen.states);
-    assert_eq!(seen.states, states(&["pending", "running", "failed"]));
+    log.expect_states("failing job", &["pending", "running", "failed"])
+        .await;
     env.finish().await;
 }
 
 #[tokio::test]
 async fn cancel_from_pending_tears_down_then_records_cancelled() {
-    let env = env("e2e-cancel-pending").await;
+    let mut env = env("e2e-cancel-pending").await;
     // A pool whose node selector matches no node keeps the executor pod unscheduled, so the
     // job stays pending with a pod.
-    let pool = format!("nowhere-{}", env.ns.name());
-    create_pool(
-        &env.client,
-        &compute_pool(
-            &pool,
+    let pool = env
+        .own_pool(
+            "nowhere",
             json!({ "nodeSelector": { "datajob.dev/node-group": "none" } }),
-        ),
-    )
-    .await;
-    let log = StateLog::start(&env.client, env.ns.name(), "stuck");
-    let job = env
-        .create(&datajob("stuck", json!({ "computePool": pool })))
+        )
         .await;
-    let deadline = tokio::time::Instant::now() + STEP;
-    while job_pods(&env.pods, &job).await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no executor pod was created"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let log = StateLog::start(&env.client, env.ns.name(), "stuck");
+    let job = env.create(datajob("stuck").pool(&pool)).await;
+    eventually("an executor pod to be created", STEP, async || {
+        (!job_pods(&env.pods, &job).await.is_empty()).then_some(())
+    })
+    .await;
     assert_eq!(state(&env.jobs.get("stuck").await.expect("job")), "pending");
     cancel(&env.jobs, "stuck", "wrong dataset").await;
     let cancelled = wait_state(&env.jobs, "stuck", JobState::Cancelled).await;
@@ -362,32 +363,25 @@ async fn cancel_from_pending_tears_down_then_records_cancelled() {
     assert_eq!(cancellation.reason.as_deref(), Some("wrong dataset"));
     assert!(status.completed_at.is_some());
     assert_eq!(status.active_executors, Some(0));
-    let seen = log.stop_after(JobState::Cancelled).await;
-    println!("cancel from pending states: {:?}", seen.states);
-    assert_eq!(
-        seen.states,
-        states(&["pending", "pending_cancellation", "cancelled"])
-    );
+    let seen = log
+        .expect_states(
+            "cancel from pending",
+            &["pending", "pending_cancellation", "cancelled"],
+        )
+        .await;
     assert_eq!(seen.pods_when_cancelled, Some(0));
-    let client = env.client.clone();
     env.finish().await;
-    delete_pool(&client, &pool).await;
 }
 
 #[tokio::test]
 async fn cancel_from_running_waits_for_graceful_pod_termination() {
     let env = env("e2e-cancel-running").await;
     let log = StateLog::start(&env.client, env.ns.name(), "long");
-    let job = env
-        .create(&datajob(
-            "long",
-            json!({ "clusterType": "dedicated", "executor": { "workers": 1, "terminationGracePeriodSeconds": 3 } }),
-        ))
-        .await;
-    wait_state(&env.jobs, "long", JobState::Running).await;
-    wait_pods_running(&env.pods, &job, 2).await;
-    cancel(&env.jobs, "long", "superseded").await;
-    let pending = wait_state(&env.jobs, "long", JobState::PendingCancellation).await;
+    let long = datajob("long")
+        .cluster_type("dedicated")
+        .workers(1)
+        .grace_period(3);
+    let (job, pending) = env.cancel_while_running(long, 2, "superseded").await;
     let requested = pending
         .status
         .as_ref()
@@ -411,12 +405,12 @@ async fn cancel_from_running_waits_for_graceful_pod_termination() {
         String::from_utf8_lossy(&waited.stderr)
     );
     assert!(job_pods(&env.pods, &job).await.is_empty());
-    let seen = log.stop_after(JobState::Cancelled).await;
-    println!("cancel from running states: {:?}", seen.states);
-    assert_eq!(
-        seen.states,
-        states(&["pending", "running", "pending_cancellation", "cancelled"])
-    );
+    let seen = log
+        .expect_states(
+            "cancel from running",
+            &["pending", "running", "pending_cancellation", "cancelled"],
+        )
+        .await;
     assert_eq!(seen.pods_when_cancelled, Some(0));
     let reasons: BTreeSet<String> = events_for(&env.client, env.ns.name(), "long")
         .await
@@ -432,7 +426,7 @@ async fn cancel_from_running_waits_for_graceful_pod_termination() {
 #[tokio::test]
 async fn cancel_of_completed_job_is_a_no_op_with_an_event() {
     let env = env("e2e-cancel-done").await;
-    let job = env.create(&datajob("done", json!({}))).await;
+    let job = env.create(datajob("done")).await;
     let pods = wait_pods_running(&env.pods, &job, 1).await;
     exit_pod(&env.pods, &pods[0].name_any(), 0, MATERIALIZE_RESULT).await;
     let completed = wait_state(&env.jobs, "done", JobState::Completed).await;
@@ -448,28 +442,21 @@ async fn cancel_of_completed_job_is_a_no_op_with_an_event() {
     assert_eq!(status.result, before.result);
     assert_eq!(status.completed_at, before.completed_at);
     assert!(status.cancellation.is_none());
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
+    eventually("a CancellationIgnored event", STEP, async || {
         let events = events_for(&env.client, env.ns.name(), "done").await;
-        if events
+        events
             .iter()
             .any(|e| e.reason.as_deref() == Some("CancellationIgnored"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no CancellationIgnored event"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+            .then_some(())
+    })
+    .await;
     env.finish().await;
 }
 
 #[tokio::test]
 async fn withdrawing_a_cancel_or_changing_an_immutable_field_is_rejected() {
     let env = env("e2e-cel").await;
-    env.create(&datajob("fixed", json!({}))).await;
+    env.create(datajob("fixed")).await;
     cancel(&env.jobs, "fixed", "stop").await;
     let withdraw = env
         .jobs
@@ -510,7 +497,7 @@ async fn withdrawing_a_cancel_or_changing_an_immutable_field_is_rejected() {
         .jobs
         .create(
             &PostParams::default(),
-            &datajob("no-dataset", json!({ "input": { "datasetId": null } })),
+            &datajob("no-dataset").dataset_id(None).build(),
         )
         .await
         .expect_err("materialize-view without datasetId is rejected");
@@ -524,7 +511,7 @@ async fn withdrawing_a_cancel_or_changing_an_immutable_field_is_rejected() {
         .jobs
         .create(
             &PostParams::default(),
-            &datajob("bad-plane", json!({ "dataPlane": "Not_A_Label" })),
+            &datajob("bad-plane").data_plane("Not_A_Label").build(),
         )
         .await
         .expect_err("a dataPlane that is not a DNS label is rejected");
@@ -533,10 +520,7 @@ async fn withdrawing_a_cancel_or_changing_an_immutable_field_is_rejected() {
         .jobs
         .create(
             &PostParams::default(),
-            &datajob(
-                "reserved-env",
-                json!({ "executor": { "env": [{ "name": "DATAJOB_ID", "value": "forged" }] } }),
-            ),
+            &datajob("reserved-env").env("DATAJOB_ID", "forged").build(),
         )
         .await
         .expect_err("DATAJOB_* variables are the operator's");
@@ -561,12 +545,7 @@ async fn withdrawing_a_cancel_or_changing_an_immutable_field_is_rejected() {
 #[tokio::test]
 async fn deleting_a_running_job_removes_its_pods_before_the_object() {
     let env = env("e2e-delete").await;
-    let job = env
-        .create(&datajob(
-            "doomed",
-            json!({ "executor": { "terminationGracePeriodSeconds": 3 } }),
-        ))
-        .await;
+    let job = env.create(datajob("doomed").grace_period(3)).await;
     wait_state(&env.jobs, "doomed", JobState::Running).await;
     wait_pods_running(&env.pods, &job, 1).await;
     env.jobs
@@ -598,16 +577,11 @@ async fn deleting_a_running_job_removes_its_pods_before_the_object() {
 async fn operator_killed_during_teardown_still_ends_cancelled_without_leaks() {
     let mut env = env("e2e-kill").await;
     let log = StateLog::start(&env.client, env.ns.name(), "victim");
-    let job = env
-        .create(&datajob(
-            "victim",
-            json!({ "clusterType": "dedicated", "executor": { "workers": 2, "terminationGracePeriodSeconds": 4 } }),
-        ))
-        .await;
-    wait_state(&env.jobs, "victim", JobState::Running).await;
-    wait_pods_running(&env.pods, &job, 3).await;
-    cancel(&env.jobs, "victim", "kill test").await;
-    wait_state(&env.jobs, "victim", JobState::PendingCancellation).await;
+    let victim = datajob("victim")
+        .cluster_type("dedicated")
+        .workers(2)
+        .grace_period(4);
+    let (job, _) = env.cancel_while_running(victim, 3, "kill test").await;
     let pods = job_pods(&env.pods, &job).await;
     assert!(
         !pods.is_empty(),
@@ -617,12 +591,12 @@ async fn operator_killed_during_teardown_still_ends_cancelled_without_leaks() {
     env.operator.restart();
     wait_state(&env.jobs, "victim", JobState::Cancelled).await;
     assert!(job_pods(&env.pods, &job).await.is_empty());
-    let seen = log.stop_after(JobState::Cancelled).await;
-    println!("killed-operator states: {:?}", seen.states);
-    assert_eq!(
-        seen.states,
-        states(&["pending", "running", "pending_cancellation", "cancelled"])
-    );
+    let seen = log
+        .expect_states(
+            "killed-operator",
+            &["pending", "running", "pending_cancellation", "cancelled"],
+        )
+        .await;
     assert_eq!(seen.pods_when_cancelled, Some(0));
     env.finish().await;
 }
@@ -630,7 +604,7 @@ async fn operator_killed_during_teardown_still_ends_cancelled_without_leaks() {
 #[tokio::test]
 async fn sigterm_shuts_the_operator_down_cleanly() {
     let mut env = env("e2e-sigterm").await;
-    env.create(&datajob("steady", json!({}))).await;
+    env.create(datajob("steady")).await;
     wait_state(&env.jobs, "steady", JobState::Running).await;
     let status = env.operator.terminate(STEP);
     assert!(
@@ -645,11 +619,7 @@ async fn fifty_jobs_cancelled_at_once_all_end_cancelled_with_no_pods_left() {
     let env = env("e2e-fifty").await;
     let names: Vec<String> = (0..50).map(|i| format!("bulk-{i:02}")).collect();
     for name in &names {
-        env.create(&datajob(
-            name,
-            json!({ "executor": { "terminationGracePeriodSeconds": 1 } }),
-        ))
-        .await;
+        env.create(datajob(name).grace_period(1)).await;
     }
     for name in &names {
         wait_for(&env.jobs, name, STEP, |j: &DataJob| {

@@ -5,9 +5,8 @@ use datajob_operator::api::{ComputePool, DataJob, JobState};
 use kube::api::Api;
 use serde_json::json;
 
-use crate::common::{TestNamespace, admin_client, wait_for};
-use crate::fixture::*;
-use crate::{create_pool, delete_pool, env, events_for};
+use crate::support::*;
+use crate::{cluster_namespace, create_pool, delete_pool, env, events_for};
 
 fn reconciling_reason(job: &DataJob) -> Option<String> {
     job.status
@@ -20,11 +19,9 @@ fn reconciling_reason(job: &DataJob) -> Option<String> {
 
 #[tokio::test]
 async fn job_naming_a_missing_pool_waits_then_starts_when_the_pool_appears() {
-    let env = env("e2e-late-pool").await;
-    let pool = format!("late-{}", env.ns.name());
-    let job = env
-        .create(&datajob("early", json!({ "computePool": pool })))
-        .await;
+    let mut env = env("e2e-late-pool").await;
+    let pool = env.pool_name("late");
+    let job = env.create(datajob("early").pool(&pool)).await;
     let waiting = wait_for(&env.jobs, "early", STEP, |j: &DataJob| {
         reconciling_reason(j).as_deref() == Some("WaitingForComputePool")
     })
@@ -47,16 +44,12 @@ async fn job_naming_a_missing_pool_waits_then_starts_when_the_pool_appears() {
     )
     .await;
     wait_state(&env.jobs, "early", JobState::Running).await;
-    let client = env.client.clone();
     env.finish().await;
-    delete_pool(&client, &pool).await;
 }
 
 #[tokio::test]
 async fn limited_pool_admits_first_come_first_served_and_reports_counts() {
-    let client = admin_client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "e2e-limit").await;
+    let (client, ns) = cluster_namespace("e2e-limit").await;
     // An all-namespaces instance (it writes pool status) limited to a data plane of its own.
     let plane = ns.name().to_string();
     let _operator = Operator::start_with(ns.name(), &["--data-plane", &plane]);
@@ -73,7 +66,7 @@ async fn limited_pool_admits_first_come_first_served_and_reports_counts() {
     for name in names {
         jobs.create(
             &Default::default(),
-            &datajob(name, json!({ "computePool": pool, "dataPlane": plane })),
+            &datajob(name).pool(&pool).data_plane(&plane).build(),
         )
         .await
         .expect("create job");

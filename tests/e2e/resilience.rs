@@ -9,9 +9,8 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;
 
-use crate::common::{TestNamespace, admin_client, wait_deleted, wait_for};
-use crate::env;
-use crate::fixture::*;
+use crate::support::*;
+use crate::{cluster_namespace, env};
 
 fn failure_reason(job: &DataJob) -> Option<String> {
     job.status
@@ -25,10 +24,7 @@ fn failure_reason(job: &DataJob) -> Option<String> {
 async fn executor_pod_deleted_by_someone_else_fails_the_job_as_executor_lost() {
     let env = env("e2e-lost").await;
     let job = env
-        .create(&datajob(
-            "fragile",
-            json!({ "clusterType": "dedicated", "executor": { "workers": 1 } }),
-        ))
+        .create(datajob("fragile").cluster_type("dedicated").workers(1))
         .await;
     wait_state(&env.jobs, "fragile", JobState::Running).await;
     let pods = wait_pods_running(&env.pods, &job, 2).await;
@@ -50,17 +46,15 @@ async fn executor_pod_deleted_by_someone_else_fails_the_job_as_executor_lost() {
 #[tokio::test]
 async fn an_executor_pod_the_api_server_rejects_fails_the_job_with_its_reason() {
     let env = env("e2e-rejected").await;
-    let resources = json!({ "requests": { "cpu": "2" }, "limits": { "cpu": "1" } });
-    env.create(&datajob(
-        "impossible",
-        json!({ "executor": { "resources": resources } }),
-    ))
-    .await;
+    // Passes the CRD's bounds (requests <= limits are checked at the door) but not pod
+    // validation: an extended resource needs a limit.
+    let resources = json!({ "requests": { "example.com/gadget": "1" } });
+    env.create(datajob("impossible").resources(resources)).await;
     let failed = wait_state(&env.jobs, "impossible", JobState::Failed).await;
     assert_eq!(failure_reason(&failed).as_deref(), Some("ExecutorRejected"));
     let message = &failed.status.expect("status").failures[0].message;
     assert!(
-        message.contains("must be less than or equal to cpu limit"),
+        message.contains("Limit must be set for non overcommitable resources"),
         "{message}"
     );
     env.finish().await;
@@ -69,8 +63,7 @@ async fn an_executor_pod_the_api_server_rejects_fails_the_job_with_its_reason() 
 #[tokio::test]
 async fn running_past_the_deadline_fails_with_deadline_exceeded() {
     let env = env("e2e-deadline").await;
-    env.create(&datajob("slow", json!({ "activeDeadlineSeconds": 2 })))
-        .await;
+    env.create(datajob("slow").deadline(2)).await;
     wait_state(&env.jobs, "slow", JobState::Running).await;
     let failed = wait_state(&env.jobs, "slow", JobState::Failed).await;
     assert_eq!(failure_reason(&failed).as_deref(), Some("DeadlineExceeded"));
@@ -80,12 +73,7 @@ async fn running_past_the_deadline_fails_with_deadline_exceeded() {
 #[tokio::test]
 async fn finished_job_is_deleted_after_its_ttl() {
     let env = env("e2e-ttl").await;
-    let job = env
-        .create(&datajob(
-            "short-lived",
-            json!({ "ttlSecondsAfterFinished": 1 }),
-        ))
-        .await;
+    let job = env.create(datajob("short-lived").ttl(1)).await;
     let pods = wait_pods_running(&env.pods, &job, 1).await;
     exit_pod(&env.pods, &pods[0].name_any(), 0, MATERIALIZE_RESULT).await;
     wait_state(&env.jobs, "short-lived", JobState::Completed).await;
@@ -99,9 +87,7 @@ fn holder(lease: &Lease) -> Option<String> {
 
 #[tokio::test]
 async fn a_standby_replica_takes_over_when_the_leader_dies() {
-    let client = admin_client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "e2e-leader").await;
+    let (client, ns) = cluster_namespace("e2e-leader").await;
     let name = ns.name().to_string();
     let replica = |instance: &str| {
         Operator::start_with(
@@ -130,7 +116,7 @@ async fn a_standby_replica_takes_over_when_the_leader_dies() {
     assert_eq!(holder(&first).as_deref(), Some("replica-a"));
     let mut b = replica("replica-b");
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), &name);
-    jobs.create(&Default::default(), &datajob("before", json!({})))
+    jobs.create(&Default::default(), &datajob("before").build())
         .await
         .expect("create job");
     wait_state(&jobs, "before", JobState::Running).await;
@@ -148,7 +134,7 @@ async fn a_standby_replica_takes_over_when_the_leader_dies() {
     )
     .await;
     assert!(taken.spec.and_then(|s| s.lease_transitions).unwrap_or(0) >= 1);
-    jobs.create(&Default::default(), &datajob("after", json!({})))
+    jobs.create(&Default::default(), &datajob("after").build())
         .await
         .expect("create job");
     wait_state(&jobs, "after", JobState::Running).await;

@@ -84,6 +84,10 @@ of values.watchNamespace.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
+# The job's query as an immutable ConfigMap owned by the job (get: check who owns one that exists).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -99,4 +103,8 @@ Rules on the cluster-scoped ComputePools: always a ClusterRole.
 - apiGroups: ["datajob.dev"]
   resources: ["computepools/status"]
   verbs: ["get", "patch", "update"]
+# A pool's namespaceSelector is matched against the labels of the job's namespace.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
 {{- end }}

@@ -1,5 +1,10 @@
-//! Shared fixture for the tests that run against the real local control plane
-//! (`hack/cluster.sh up`; see docs/control-plane.md).
+//! What the tests and the benchmark share: clients of the real local control plane
+//! (`hack/cluster.sh up`; see docs/control-plane.md), the CRDs, a namespace per test, watches
+//! that wait for a condition, the operator process, and DataJob fixtures.
+//!
+//! Used by every file in tests/ (`mod support;`, or `#[path = "../support/mod.rs"]` from a
+//! folder) and by benches/scale.rs (`#[path = "../tests/support/mod.rs"]`). It imports only
+//! `datajob_operator::api` and `datajob_operator::executor`, the crate's stable surface.
 //!
 //! Environment (printed by `hack/cluster.sh env`, exported by `hack/test.sh`):
 //! - `KUBECONFIG`: the admin kubeconfig (client certificate in `system:masters`). Required.
@@ -10,22 +15,40 @@
 //! A test never skips: without a reachable cluster every helper panics with a message that says
 //! how to start one.
 //!
-//! API: [`admin_client`], [`user_client`], [`TestNamespace`], [`wait_for`], [`wait_deleted`],
-//! [`wait_established`], [`kubectl`].
+//! - here: [`admin_client`], [`user_client`], [`install_crds`], [`TestNamespace`], [`kubectl`];
+//! - [`watch`]: [`wait_for`], [`wait_deleted`], [`wait_established`], [`eventually`];
+//! - [`operator`]: [`Operator`], the operator binary as a child process;
+//! - [`datajob`]: [`DataJobBuilder`], [`MATERIALIZE_RESULT`], and the job's states and pods.
 #![allow(dead_code)] // each test binary uses a subset
 
-use std::fmt::Debug;
+/// Whether an `Option<&Vec<_>>` of Kubernetes conditions (of any kind: node, pod, job, CRD)
+/// holds one of type `$type` with status "True".
+#[allow(unused_macros)]
+macro_rules! condition_is_true {
+    ($conditions:expr, $type:expr) => {
+        $conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == $type && c.status == "True"))
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use condition_is_true;
+
+pub mod datajob;
+pub mod operator;
+pub mod watch;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
+use datajob_operator::api::{ComputePool, DataJob};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::watcher::watch_object;
-use kube::{Client, Config, Resource};
-use serde::de::DeserializeOwned;
+use kube::{Client, Config, CustomResourceExt, ResourceExt};
+
+// One `use support::*` brings everything; a test binary that needs only part of it would warn.
+#[allow(unused_imports)]
+pub use {datajob::*, operator::Operator, watch::*};
 
 const START_HINT: &str = "start the local control plane first: \
     `hack/cluster.sh up && eval \"$(hack/cluster.sh env)\"` (or run everything with `hack/test.sh`)";
@@ -142,87 +165,9 @@ fn unique_suffix() -> String {
     String::from_utf8(out).expect("ascii")
 }
 
-/// Watches the object `name` of `api` until `cond` holds for it, and returns it. Panics after
-/// `timeout`, showing the last state seen (or that the object did not exist).
-pub async fn wait_for<K, F>(api: &Api<K>, name: &str, timeout: Duration, cond: F) -> K
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    K::DynamicType: Default,
-    F: Fn(&K) -> bool,
-{
-    match watch_until(api, name, timeout, |obj: Option<&K>| obj.is_some_and(&cond)).await {
-        Ok(obj) => obj.expect("condition holds only for an existing object"),
-        Err(last) => panic!(
-            "timed out after {timeout:?} waiting for {} {name} to meet the condition; last seen: {last}",
-            K::kind(&Default::default())
-        ),
-    }
-}
-
-/// Watches the object `name` of `api` until it does not exist. Panics after `timeout`, showing
-/// the last state seen.
-pub async fn wait_deleted<K>(api: &Api<K>, name: &str, timeout: Duration)
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    K::DynamicType: Default,
-{
-    if let Err(last) = watch_until(api, name, timeout, |obj: Option<&K>| obj.is_none()).await {
-        panic!(
-            "timed out after {timeout:?} waiting for {} {name} to be deleted; last seen: {last}",
-            K::kind(&Default::default())
-        );
-    }
-}
-
-/// Ok(the object) once `done` holds, Err(description of the last state) on timeout.
-async fn watch_until<K, D>(
-    api: &Api<K>,
-    name: &str,
-    timeout: Duration,
-    done: D,
-) -> Result<Option<K>, String>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    D: Fn(Option<&K>) -> bool,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut stream = Box::pin(watch_object(api.clone(), name));
-    let mut last = String::from("nothing (no answer from the watch yet)");
-    loop {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Err(_) => return Err(last),
-            Ok(None) => return Err(format!("the watch ended; before that: {last}")),
-            Ok(Some(Ok(obj))) => {
-                if done(obj.as_ref()) {
-                    return Ok(obj);
-                }
-                last = match &obj {
-                    Some(o) => format!("{o:#?}"),
-                    None => "the object does not exist".to_string(),
-                };
-            }
-            Ok(Some(Err(e))) => {
-                last = format!("watch error: {e}; before that: {last}");
-                // The watcher restarts by itself; do not spin on a persistent error.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-/// Waits until the CustomResourceDefinition `name` is Established (its API is served).
-pub async fn wait_established(client: &Client, name: &str, timeout: Duration) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    wait_for(&crds, name, timeout, |crd: &CustomResourceDefinition| {
-        crd.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
-    .await;
+/// Whether the API server answered 403 Forbidden.
+pub fn is_forbidden<T>(result: &Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
 }
 
 /// A `kubectl` command for the admin identity: `$DATAJOB_KUBECTL` or `kubectl` from `PATH`
@@ -236,4 +181,21 @@ pub fn kubectl() -> std::process::Command {
     let mut cmd = std::process::Command::new(program);
     cmd.arg("--request-timeout=30s");
     cmd
+}
+
+/// Installs (server-side applies) the DataJob and ComputePool CRDs, generated from the Rust
+/// types, and waits until both are established.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [DataJob::crd(), ComputePool::crd()] {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("datajob-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot apply CRD {name}: {e}"));
+        wait_established(client, &name, STEP).await;
+    }
 }

@@ -1,6 +1,11 @@
-//! Errors of one reconcile, each naming the action and the object it failed on.
+//! Errors of one DataJob reconcile, each naming the action and the object it failed on, with a
+//! metric category and a retry policy. Waiting (a teardown in progress, a rejected pod about to
+//! be recorded) is not an error: reconcile returns `Ok` with a requeue for it.
 
 use std::time::Duration;
+
+use crate::controller::kube_util::{backoff, is_conflict};
+use crate::executor::BuildError;
 
 /// What went wrong while reconciling a DataJob.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +19,32 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Reading the job's namespace (for a pool's namespace selector) failed.
+    #[error("failed to read namespace {namespace}: {source}")]
+    ReadNamespace {
+        /// The namespace.
+        namespace: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A reconcile panicked; the panic was caught and the job is retried with backoff.
+    #[error("reconciling DataJob {job} panicked: {message}")]
+    Panicked {
+        /// namespace/name of the job.
+        job: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// Creating the job's query ConfigMap failed.
+    #[error("failed to create query ConfigMap {config_map}: {source}")]
+    CreateQuery {
+        /// namespace/name of the ConfigMap.
+        config_map: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// Creating an executor pod failed.
     #[error("failed to create executor pod {pod}: {source}")]
     CreatePod {
@@ -22,14 +53,6 @@ pub enum Error {
         /// The API error.
         #[source]
         source: kube::Error,
-    },
-    /// The API server refused an executor pod as invalid (built from a spec it cannot accept).
-    #[error("executor pod {pod} was rejected as invalid: {message}")]
-    PodRejected {
-        /// namespace/name of the pod.
-        pod: String,
-        /// The API server's reason.
-        message: String,
     },
     /// Deleting an executor pod failed.
     #[error("failed to delete executor pod {pod}: {source}")]
@@ -58,15 +81,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Serializing a status patch failed.
-    #[error("failed to serialize the status of DataJob {job}: {source}")]
-    SerializeStatus {
-        /// namespace/name of the job.
-        job: String,
-        /// The serializer's error.
-        #[source]
-        source: serde_json::Error,
-    },
     /// The job object lacks what every stored object has (name, namespace or uid).
     #[error("DataJob {job} has no {field}; it cannot be reconciled")]
     MalformedObject {
@@ -74,14 +88,6 @@ pub enum Error {
         job: String,
         /// The missing metadata field.
         field: &'static str,
-    },
-    /// A deleted job's pods are still terminating; its finalizer stays until they are gone.
-    #[error("DataJob {job} is being deleted; waiting for {pods} executor pod(s) to terminate")]
-    TeardownInProgress {
-        /// namespace/name of the job.
-        job: String,
-        /// Pods still present.
-        pods: usize,
     },
     /// The finalizer machinery failed (adding or removing `datajob.dev/teardown`).
     #[error("failed to manage the finalizer of DataJob {job}: {message}")]
@@ -93,51 +99,46 @@ pub enum Error {
     },
 }
 
+impl From<BuildError> for Error {
+    fn from(error: BuildError) -> Self {
+        Error::MalformedObject {
+            job: error.job,
+            field: error.field,
+        }
+    }
+}
+
 impl Error {
     /// Metric label of the error's kind.
     pub fn category(&self) -> &'static str {
         match self {
             Error::ListPods { .. } => "list_pods",
+            Error::CreateQuery { .. } => "create_query",
+            Error::ReadNamespace { .. } => "read_namespace",
+            Error::Panicked { .. } => "panic",
             Error::CreatePod { .. } => "create_pod",
-            Error::PodRejected { .. } => "pod_rejected",
             Error::DeletePod { .. } => "delete_pod",
             Error::WriteStatus { .. } => "write_status",
             Error::DeleteJob { .. } => "delete_job",
-            Error::SerializeStatus { .. } => "serialize_status",
             Error::MalformedObject { .. } => "malformed_object",
-            Error::TeardownInProgress { .. } => "teardown_in_progress",
             Error::Finalizer { .. } => "finalizer",
         }
     }
 
-    /// When to try again: soon for teardown progress and write conflicts, after a backoff for
-    /// API errors, and only on a change for objects that cannot be reconciled as they are.
+    /// When to try again: soon after a write conflict, after a backoff for API errors, and
+    /// only on a change for objects that cannot be reconciled as they are.
     pub fn retry_after(&self, attempt: u32) -> Option<Duration> {
         match self {
-            Error::MalformedObject { .. } | Error::SerializeStatus { .. } => None,
-            Error::TeardownInProgress { .. } => Some(Duration::from_secs(2)),
-            // The next reconcile records the rejection as the job's failure.
-            Error::PodRejected { .. } => Some(Duration::from_millis(200)),
+            Error::MalformedObject { .. } => None,
             Error::WriteStatus { source, .. } if is_conflict(source) => {
                 Some(Duration::from_millis(200))
             }
             _ => Some(backoff(attempt)),
         }
     }
-}
 
-/// Whether an API error is a 409 Conflict (a stale read lost an optimistic-concurrency race).
-pub fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 409)
-}
-
-/// Whether an API error is a 404 Not Found.
-pub fn is_not_found(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 404)
-}
-
-/// Exponential backoff from 1 s, capped at 5 minutes.
-pub fn backoff(attempt: u32) -> Duration {
-    let secs = 1u64 << attempt.min(8);
-    Duration::from_secs(secs.min(300))
+    /// Whether the error is a lost optimistic-concurrency race (expected; retried at once).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::WriteStatus { source, .. } if is_conflict(source))
+    }
 }

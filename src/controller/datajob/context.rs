@@ -1,0 +1,215 @@
+//! What every DataJob reconcile shares: the API client, the operator's configuration, the
+//! caches (reflector stores), the event recorder, the metrics, and three side tables behind a
+//! small typed API: admissions in flight, consecutive failures (for backoff) and pod
+//! rejections. [`Context::new`] is the one constructor, used by `run` and by the unit tests.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+
+use crate::api::{ComputePool, DataJob};
+use crate::domain::admission;
+use crate::executor::ExecutorDefaults;
+use crate::telemetry::Metrics;
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespace to watch; None watches all.
+    pub namespace: Option<String>,
+    /// Only reconcile DataJobs of this data plane (a field selector on spec.dataPlane).
+    pub data_plane: Option<String>,
+    /// Executor image when neither the job nor its pool sets one.
+    pub executor_image: String,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// Identity of this instance in events (for example the pod name).
+    pub instance: Option<String>,
+    /// Image prefixes executor pods may use (`--allowed-image-prefix`); empty allows every
+    /// image unless the job's pool lists `allowedImages`.
+    pub allowed_image_prefixes: Vec<String>,
+}
+
+/// The caches the controllers read from.
+#[derive(Clone)]
+pub struct Stores {
+    /// DataJobs (every namespace, or the one watched).
+    pub jobs: Store<DataJob>,
+    /// Executor pods the operator manages.
+    pub pods: Store<Pod>,
+    /// ComputePools.
+    pub pools: Store<ComputePool>,
+}
+
+/// Reconcile requests the job controller raises itself.
+pub struct Wakeups {
+    /// Jobs that wait for a slot of a pool where one may have been freed.
+    pub jobs: UnboundedReceiver<ObjectRef<DataJob>>,
+    /// Pools whose counts changed without a DataJob watch event (a job was released).
+    pub pools: UnboundedReceiver<ObjectRef<ComputePool>>,
+}
+
+/// A table shared by concurrent reconciles. A reconcile that panicked while holding the lock
+/// leaves the table as it was; the next one goes on with it.
+struct Table<T>(Mutex<T>);
+
+impl<T: Default> Table<T> {
+    fn new() -> Self {
+        Table(Mutex::new(T::default()))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub(super) client: Client,
+    pub(super) config: Config,
+    pub(super) defaults: ExecutorDefaults,
+    pub(super) stores: Stores,
+    pub(super) recorder: Recorder,
+    pub(super) metrics: Arc<Metrics>,
+    /// uids of jobs admitted into a limited pool whose admission the cache may not show yet.
+    in_flight: Table<HashSet<String>>,
+    /// Consecutive failures per job key, for backoff.
+    failures: Table<HashMap<String, u32>>,
+    /// Why the API server rejected a job's executor pod, by job uid, until the job records it.
+    rejections: Table<HashMap<String, String>>,
+    /// Pods squatting on an executor's names, by job uid, until the job records its failure.
+    conflicts: Table<HashMap<String, String>>,
+    wake_jobs: UnboundedSender<ObjectRef<DataJob>>,
+    wake_pools: UnboundedSender<ObjectRef<ComputePool>>,
+}
+
+impl Context {
+    /// The context, and the streams of reconcile requests it raises.
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        stores: Stores,
+    ) -> (Self, Wakeups) {
+        let reporter = Reporter {
+            controller: crate::OPERATOR_NAME.to_string(),
+            instance: config.instance.clone(),
+        };
+        let (wake_jobs, jobs) = mpsc::unbounded();
+        let (wake_pools, pools) = mpsc::unbounded();
+        let context = Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            defaults: ExecutorDefaults {
+                image: config.executor_image.clone(),
+            },
+            config,
+            stores,
+            metrics,
+            in_flight: Table::new(),
+            failures: Table::new(),
+            rejections: Table::new(),
+            conflicts: Table::new(),
+            wake_jobs,
+            wake_pools,
+        };
+        (context, Wakeups { jobs, pools })
+    }
+
+    pub(super) fn jobs_api(&self, namespace: &str) -> Api<DataJob> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    pub(super) fn pods_api(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The job's pool from the cache, if it names one that exists.
+    pub(super) fn pool(&self, job: &DataJob) -> Option<Arc<ComputePool>> {
+        let name = job.spec.compute_pool.as_deref()?;
+        self.stores.pools.get(&ObjectRef::new(name))
+    }
+
+    /// Whether the job may hold executors in `pool` now ([`admission::admit`]), remembering an
+    /// admission until the cache shows it, so concurrent reconciles cannot over-admit.
+    pub(super) fn admit(&self, job: &DataJob, pool: &ComputePool) -> bool {
+        if let Some(admitted) = admission::settled(job, pool) {
+            return admitted;
+        }
+        self.in_flight.with(|in_flight| {
+            let jobs = self.stores.jobs.state();
+            in_flight.retain(|uid| {
+                jobs.iter()
+                    .find(|j| j.uid().as_deref() == Some(uid.as_str()))
+                    .is_some_and(|j| admission::still_in_flight(j))
+            });
+            let admitted = admission::admit(job, pool, &jobs, in_flight);
+            if admitted && let Some(uid) = job.uid() {
+                in_flight.insert(uid);
+            }
+            admitted
+        })
+    }
+
+    /// Counts a failed reconcile of `key`; returns how many failed before it in a row.
+    pub(super) fn record_failure(&self, key: &str) -> u32 {
+        self.failures.with(|failures| {
+            let count = failures.entry(key.to_string()).or_insert(0);
+            *count = count.saturating_add(1);
+            *count - 1
+        })
+    }
+
+    /// Forgets the failures of `key` after a successful reconcile.
+    pub(super) fn reset_failures(&self, key: &str) {
+        self.failures.with(|failures| failures.remove(key));
+    }
+
+    /// Remembers why the API server rejected the executor pod of job `uid`.
+    pub(super) fn record_rejection(&self, uid: &str, message: &str) {
+        self.rejections
+            .with(|rejections| rejections.insert(uid.to_string(), message.to_string()));
+    }
+
+    /// Why the API server rejected the executor pod of job `uid`, if it did.
+    pub(super) fn rejection(&self, uid: &str) -> Option<String> {
+        self.rejections
+            .with(|rejections| rejections.get(uid).cloned())
+    }
+
+    /// Forgets a rejection (and a conflict) once the job recorded its end.
+    pub(super) fn forget_rejection(&self, uid: &str) {
+        self.rejections.with(|rejections| rejections.remove(uid));
+        self.conflicts.with(|conflicts| conflicts.remove(uid));
+    }
+
+    /// Remembers that a pod squats on one of job `uid`'s executor names.
+    pub(super) fn record_conflict(&self, uid: &str, message: &str) {
+        self.conflicts
+            .with(|conflicts| conflicts.insert(uid.to_string(), message.to_string()));
+    }
+
+    /// The squatter found for job `uid`, if any.
+    pub(super) fn conflict(&self, uid: &str) -> Option<String> {
+        self.conflicts.with(|conflicts| conflicts.get(uid).cloned())
+    }
+
+    /// A job of `pool` gave its slot back: reconcile the jobs waiting for one, and the pool's
+    /// status.
+    pub(super) fn slot_freed(&self, pool: &str) {
+        for job in self.stores.jobs.state() {
+            if job.spec.compute_pool.as_deref() == Some(pool) && admission::awaits_slot(&job) {
+                // A closed channel means the controller is shutting down.
+                let _ = self.wake_jobs.unbounded_send(ObjectRef::from_obj(&*job));
+            }
+        }
+        // Nobody listens when this instance does not write pool status.
+        let _ = self.wake_pools.unbounded_send(ObjectRef::new(pool));
+    }
+}

@@ -1,0 +1,224 @@
+//! The DataJob controller. One reconcile is the pipeline
+//! observe ([`observe`]) -> decide (`crate::domain`) -> apply ([`apply`]), run for a live job
+//! through `kube::runtime::finalizer` with the finalizer `datajob.dev/teardown`. A deleted job
+//! keeps the finalizer while executor pods remain: reconcile deletes them and looks again
+//! (waiting, not an error); the finalizer goes once none is left.
+
+pub mod apply;
+pub mod context;
+pub mod error;
+pub mod observe;
+#[cfg(test)]
+mod tests;
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use tracing::{debug, info, warn};
+
+use crate::api::{ComputePool, DataJob};
+use crate::controller::kube_util::object_key;
+use crate::domain::{self, Deletion, EventKind, JobEvent, Observation, Reason};
+pub use context::{Config, Context, Stores, Wakeups};
+pub use error::Error;
+
+/// Finalizer that holds a DataJob until its executor pods are gone.
+pub const FINALIZER: &str = "datajob.dev/teardown";
+
+/// What makes the job controller reconcile a job.
+pub struct Triggers {
+    /// DataJobs that changed (from the shared DataJob watch).
+    pub jobs: BoxStream<'static, Arc<DataJob>>,
+    /// Executor pods that changed (their owner is reconciled).
+    pub pods: BoxStream<'static, Arc<Pod>>,
+    /// ComputePools that changed (the jobs naming them are reconciled).
+    pub pools: BoxStream<'static, Arc<ComputePool>>,
+    /// Jobs the controller wakes itself (a slot was freed).
+    pub wake: UnboundedReceiver<ObjectRef<DataJob>>,
+}
+
+/// Runs the DataJob controller until a shutdown signal.
+pub async fn run(ctx: Context, triggers: Triggers) {
+    let jobs = ctx.stores.jobs.clone();
+    let config = controller::Config::default().concurrency(ctx.config.concurrency);
+    Controller::for_shared_stream(triggers.jobs, jobs.clone())
+        .with_config(config)
+        .owns_shared_stream(triggers.pods)
+        .watches_shared_stream(triggers.pools, move |pool: Arc<ComputePool>| {
+            let name = pool.name_any();
+            jobs.state()
+                .into_iter()
+                .filter(|j| j.spec.compute_pool.as_deref() == Some(name.as_str()))
+                .map(|j| ObjectRef::from_obj(&*j))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(triggers.wake)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, Arc::new(ctx))
+        .for_each(|result| async move {
+            match result {
+                // error_policy already logged it.
+                Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
+                // A pod or pool event for a job that is gone or outside this instance's scope.
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    debug!(%obj, "skipping a job that is not in the cache");
+                }
+                Err(error) => warn!(%error, "controller error"),
+            }
+        })
+        .await;
+}
+
+/// Entry point of one reconcile: counts it, and resets the job's backoff when it succeeds.
+/// A panic anywhere in it is caught and becomes an error for this one job (a Warning event,
+/// the `panic` error metric, a back-off), never a dead process.
+pub async fn reconcile(job: Arc<DataJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let key = object_key(&*job);
+    // Nothing is observed across the unwind: the side tables recover from poisoning, and the
+    // job's next reconcile starts from the caches again.
+    let result = match catch_panic(reconcile_object(job.clone(), &ctx)).await {
+        Ok(result) => result,
+        Err(message) => {
+            let error = Error::Panicked {
+                job: key.clone(),
+                message,
+            };
+            let event = JobEvent {
+                kind: EventKind::Warning,
+                reason: Reason::ReconcilePanicked,
+                message: format!("{error}; retrying with back-off"),
+            };
+            apply::publish_events(&ctx.recorder, &job, &[event]).await;
+            Err(error)
+        }
+    };
+    ctx.metrics.observe_reconcile(started.elapsed());
+    if result.is_ok() {
+        ctx.reset_failures(&key);
+    }
+    result
+}
+
+/// Runs `future`, turning a panic in it into `Err` with the panic's message.
+pub async fn catch_panic<F: Future>(future: F) -> Result<F::Output, String> {
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|payload| panic_message(payload.as_ref()))
+}
+
+/// The text of a panic's payload (a `&str` or a `String`), cut to a line's length.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    crate::executor::result::clean(&text, 512)
+}
+
+/// Backs off per job: waits for a change on errors a retry cannot fix, retries write
+/// conflicts soon, and API errors with exponential backoff.
+pub fn error_policy(job: Arc<DataJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.observe_error(error.category());
+    let key = object_key(&*job);
+    let attempt = ctx.record_failure(&key);
+    if error.is_conflict() {
+        debug!(job = %key, "status write lost a race with a newer version; retrying");
+    } else {
+        warn!(job = %key, %error, attempt, "reconcile failed");
+    }
+    match error.retry_after(attempt) {
+        Some(delay) => Action::requeue(delay),
+        None => Action::await_change(),
+    }
+}
+
+/// Waits for a deleted job's teardown, or hands the job to the finalizer helper.
+async fn reconcile_object(job: Arc<DataJob>, ctx: &Context) -> Result<Action, Error> {
+    let namespace = job.namespace().ok_or_else(|| Error::MalformedObject {
+        job: job.name_any(),
+        field: "namespace",
+    })?;
+    if let Some(wait) = wait_for_teardown(&job, ctx).await? {
+        return Ok(wait);
+    }
+    let key = object_key(&*job);
+    finalizer(&ctx.jobs_api(&namespace), FINALIZER, job, |event| async {
+        match event {
+            finalizer::Event::Apply(job) => reconcile_job(&job, ctx).await,
+            finalizer::Event::Cleanup(job) => Ok(release(&job, ctx)),
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer {
+            job: key,
+            message: other.to_string(),
+        },
+    })
+}
+
+/// Observe, decide, apply for a live (not deleted) job.
+async fn reconcile_job(job: &DataJob, ctx: &Context) -> Result<Action, Error> {
+    let namespace_labels = observe::namespace_labels(job, ctx).await?;
+    let observed = observe::observe(job, ctx, namespace_labels.as_ref());
+    let mut plan = domain::decide(&observed.observation);
+    if plan.requires_absence {
+        // The cache may lag behind pods just created: confirm absence with the API server.
+        let pods = ctx.pods_api(&job.namespace().unwrap_or_default());
+        let live = observe::live_pods(&pods, job).await?;
+        if !live.is_empty() {
+            plan = domain::decide(&Observation {
+                pods: live,
+                ..observed.observation
+            });
+        }
+    }
+    apply::apply(job, ctx, &plan, observed.pool.as_deref()).await
+}
+
+/// A deleted job that still holds the finalizer: deletes its remaining executor pods and looks
+/// again soon. None once no pod is left (the finalizer helper then releases the job).
+async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action>, Error> {
+    let holds_finalizer = job.finalizers().iter().any(|f| f == FINALIZER);
+    if job.metadata.deletion_timestamp.is_none() || !holds_finalizer {
+        return Ok(None);
+    }
+    let namespace = job.namespace().unwrap_or_default();
+    let pods = ctx.pods_api(&namespace);
+    match domain::on_deletion(&observe::live_pods(&pods, job).await?) {
+        Deletion::Release => Ok(None),
+        Deletion::Wait {
+            delete,
+            remaining,
+            poll,
+        } => {
+            apply::delete_pods(&pods, &namespace, &delete).await?;
+            info!(job = %object_key(job), remaining, "teardown in progress; waiting for executor pods to terminate");
+            Ok(Some(Action::requeue(poll)))
+        }
+    }
+}
+
+/// Deletion, once every executor pod is gone: forget the job and give its slot back.
+fn release(job: &DataJob, ctx: &Context) -> Action {
+    ctx.forget_rejection(&job.uid().unwrap_or_default());
+    info!(job = %object_key(job), "executor pods gone; releasing the DataJob");
+    if let Some(pool) = &job.spec.compute_pool {
+        ctx.slot_freed(pool);
+    }
+    Action::await_change()
+}

@@ -1,0 +1,205 @@
+//! Observe: turns the cluster's objects into the complete [`Observation`] that `decide` works
+//! on: the DataJob, its executor pods, its pool with the admission decided for it, and a pod
+//! rejection the API server reported. Reads come from the controller's caches; [`live_pods`]
+//! asks the API server directly when a decision depends on pods being gone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use super::context::Context;
+use super::error::Error;
+use crate::api::{ComputePool, DataJob};
+use crate::controller::kube_util::object_key;
+use crate::domain::policy::{self, Refusal};
+use crate::domain::{self, Observation, ObservedPod, PodPhase, PoolView, Termination};
+use crate::executor::{self, CONTAINER_NAME, LABEL_JOB_UID, Role};
+
+/// One job as observed, with the pool the observation saw (the pod build needs it).
+pub struct Observed {
+    /// What decide works on.
+    pub observation: Observation,
+    /// The job's pool, if it names one that exists.
+    pub pool: Option<Arc<ComputePool>>,
+}
+
+/// Observes one job from the caches. `namespace_labels` are the labels of the job's namespace
+/// when its pool has a namespace selector (see [`namespace_labels`]).
+pub fn observe(
+    job: &DataJob,
+    ctx: &Context,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> Observed {
+    let pool = ctx.pool(job);
+    let uid = job.uid().unwrap_or_default();
+    let refusal = refusal(job, ctx, pool.as_deref(), namespace_labels, &uid);
+    // A refused job takes no slot.
+    let admitted = refusal.is_none() && pool.as_deref().is_some_and(|pool| ctx.admit(job, pool));
+    let observation = Observation {
+        now: now(),
+        name: job.name_any(),
+        generation: job.meta().generation.unwrap_or(0),
+        spec: job.spec.clone(),
+        status: job.status.clone().unwrap_or_default(),
+        pods: cached_pods(&ctx.stores.pods, job),
+        pool: pool_view(job, pool.as_deref(), admitted),
+        rejection: ctx.rejection(&uid),
+        refusal,
+        uid,
+    };
+    Observed { observation, pool }
+}
+
+/// A squatter found on an executor name, else what the tenant boundary refuses.
+fn refusal(
+    job: &DataJob,
+    ctx: &Context,
+    pool: Option<&ComputePool>,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    uid: &str,
+) -> Option<Refusal> {
+    if let Some(message) = ctx.conflict(uid) {
+        return Some(Refusal::ExecutorConflict(message));
+    }
+    let image = executor::image(job, pool, &ctx.defaults);
+    policy::check(
+        &job.spec,
+        &job.namespace().unwrap_or_default(),
+        namespace_labels,
+        pool,
+        &image,
+        &ctx.config.allowed_image_prefixes,
+    )
+    .err()
+}
+
+/// The labels of the job's namespace, read from the API server only when they matter: the
+/// job has no executor yet and its pool selects namespaces. None when they do not matter, or
+/// when the namespace cannot be read (the pool then refuses the job rather than guess).
+pub async fn namespace_labels(
+    job: &DataJob,
+    ctx: &Context,
+) -> Result<Option<BTreeMap<String, String>>, Error> {
+    let selects = ctx
+        .pool(job)
+        .is_some_and(|pool| pool.spec.namespace_selector.is_some());
+    let has_executor = job.status.as_ref().is_some_and(|s| s.executor.is_some());
+    if !selects || has_executor {
+        return Ok(None);
+    }
+    let name = job.namespace().unwrap_or_default();
+    match Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&name)
+        .await
+    {
+        Ok(namespace) => Ok(namespace.map(|ns| ns.labels().clone())),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+        Err(source) => Err(Error::ReadNamespace {
+            namespace: name,
+            source,
+        }),
+    }
+}
+
+/// The current time, truncated to whole seconds (the precision status times are stored with).
+pub fn now() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Converts one executor pod.
+pub fn observe_pod(pod: &Pod) -> ObservedPod {
+    let status = pod.status.as_ref();
+    let phase = match status.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => PodPhase::Running,
+        Some("Succeeded") => PodPhase::Succeeded,
+        Some("Failed") => PodPhase::Failed,
+        Some("Unknown") => PodPhase::Unknown,
+        _ => PodPhase::Pending,
+    };
+    let container = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER_NAME).or(cs.first()));
+    let state = container.and_then(|c| c.state.as_ref());
+    let termination = state
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| Termination {
+            exit_code: t.exit_code,
+            message: t.message.clone().unwrap_or_default(),
+        });
+    let started_at = state
+        .and_then(|s| s.running.as_ref().and_then(|r| r.started_at.clone()))
+        .or_else(|| state.and_then(|s| s.terminated.as_ref().and_then(|t| t.started_at.clone())))
+        .map(|t| t.0);
+    ObservedPod {
+        name: pod.name_any(),
+        role: pod
+            .labels()
+            .get(executor::LABEL_ROLE)
+            .and_then(|r| Role::from_label(r)),
+        phase,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        reason: status.and_then(|s| s.reason.clone()),
+        message: status.and_then(|s| s.message.clone()),
+        termination,
+        started_at,
+    }
+}
+
+/// The job's executor pods from the pod cache, sorted by name. Pod names are deterministic, so
+/// this looks up the recorded executor's slots by name (not a scan of every cached pod); a
+/// decision that needs to know that no pod at all is left confirms it with [`live_pods`].
+fn cached_pods(pods: &Store<Pod>, job: &DataJob) -> Vec<ObservedPod> {
+    let (Some(uid), Some(namespace)) = (job.uid(), job.namespace()) else {
+        return Vec::new();
+    };
+    let Some(status) = &job.status else {
+        return Vec::new();
+    };
+    let Some(executor) = &status.executor else {
+        return Vec::new();
+    };
+    let cluster_type = status.cluster_type.unwrap_or_default();
+    let workers = domain::workers(&job.spec);
+    let mut observed: Vec<ObservedPod> = executor::pod_slots(executor, cluster_type, workers)
+        .iter()
+        .filter_map(|slot| pods.get(&ObjectRef::new(&slot.name).within(&namespace)))
+        .filter(|p| p.labels().get(LABEL_JOB_UID) == Some(&uid))
+        .map(|p| observe_pod(&p))
+        .collect();
+    observed.sort_by(|a, b| a.name.cmp(&b.name));
+    observed
+}
+
+/// The job's executor pods read from the API server (a consistent read, not a cache).
+pub async fn live_pods(pods: &Api<Pod>, job: &DataJob) -> Result<Vec<ObservedPod>, Error> {
+    let uid = job.uid().unwrap_or_default();
+    let list = pods
+        .list(&ListParams::default().labels(&executor::job_pods_selector(&uid)))
+        .await
+        .map_err(|source| Error::ListPods {
+            job: object_key(job),
+            source,
+        })?;
+    let mut observed: Vec<ObservedPod> = list.items.iter().map(observe_pod).collect();
+    observed.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(observed)
+}
+
+/// The pool view of a job, given the pool (if it exists) and whether the job is admitted.
+fn pool_view(job: &DataJob, pool: Option<&ComputePool>, admitted: bool) -> PoolView {
+    match (&job.spec.compute_pool, pool) {
+        (None, _) => PoolView::NotRequested,
+        (Some(name), None) => PoolView::Missing { name: name.clone() },
+        (Some(name), Some(pool)) => PoolView::Present {
+            name: name.clone(),
+            cluster_type: pool.spec.cluster_type,
+            admitted,
+            max_concurrent_jobs: pool.spec.max_concurrent_jobs,
+        },
+    }
+}

@@ -1,0 +1,265 @@
+//! One reconcile's API calls against a mocked API server: the order of the writes, the guard
+//! on the status write, and waits (teardown, a rejected pod) that are not errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::reflector;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tower_test::mock::{self, Handle};
+
+use super::*;
+use crate::telemetry::Metrics;
+
+fn job() -> DataJob {
+    serde_json::from_value(json!({
+        "apiVersion": "datajob.dev/v1alpha1",
+        "kind": "DataJob",
+        "metadata": {
+            "name": "j", "namespace": "ns", "uid": "abcdef12-0000-0000-0000-000000000000",
+            "resourceVersion": "42", "generation": 1, "finalizers": [FINALIZER],
+        },
+        "spec": { "type": "nql-forecast", "input": { "nql": "SELECT 1" }, "dataPlane": "dp" },
+        "status": { "state": "pending", "executor": "dj-j-abcdef12", "clusterType": "shared" },
+    }))
+    .expect("job fixture")
+}
+
+fn context(client: Client) -> Context {
+    let stores = Stores {
+        jobs: reflector::store().0,
+        pods: reflector::store().0,
+        pools: reflector::store().0,
+    };
+    let config = Config {
+        namespace: None,
+        data_plane: None,
+        executor_image: "executor:test".to_string(),
+        concurrency: 1,
+        instance: None,
+        allowed_image_prefixes: Vec::new(),
+    };
+    Context::new(client, config, Arc::new(Metrics::default()), stores).0
+}
+
+type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+/// A context whose client talks to a mocked API server, and that server's handle.
+fn mocked() -> (Context, ApiServer) {
+    let (service, server) = mock::pair::<Request<Body>, Response<Body>>();
+    (context(Client::new(service, "default")), server)
+}
+
+async fn next(server: &mut ApiServer) -> (Request<Value>, mock::SendResponse<Response<Body>>) {
+    let (request, send) = server.next_request().await.expect("a request");
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect_bytes().await.expect("request body");
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    (Request::from_parts(parts, value), send)
+}
+
+fn reply(send: mock::SendResponse<Response<Body>>, status: StatusCode, body: Value) {
+    let response = Response::builder()
+        .status(status)
+        .body(Body::from(
+            serde_json::to_vec(&body).expect("response body"),
+        ))
+        .expect("response");
+    send.send_response(response);
+}
+
+const STATUS_PATH: &str = "/apis/datajob.dev/v1alpha1/namespaces/ns/datajobs/j/status";
+const PODS_PATH: &str = "/api/v1/namespaces/ns/pods";
+const CONFIG_MAPS_PATH: &str = "/api/v1/namespaces/ns/configmaps";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+
+#[tokio::test]
+async fn status_is_written_with_the_observed_resource_version_before_pods_are_created() {
+    let (ctx, mut server) = mocked();
+    let datajob = job();
+    let api_server = tokio::spawn(async move {
+        let (status, send) = expect(&mut server, "PATCH", STATUS_PATH).await;
+        let query = status.uri().query().unwrap_or_default();
+        assert!(
+            query.contains("fieldManager=datajob-operator") && query.contains("force=true"),
+            "{query}"
+        );
+        assert_eq!(status.body()["metadata"]["resourceVersion"], "42");
+        assert_eq!(status.body()["status"]["executor"], "dj-j-abcdef12");
+        accept_status(send);
+
+        let (query, send) = expect(&mut server, "POST", CONFIG_MAPS_PATH).await;
+        assert_eq!(query.body()["immutable"], true);
+        assert_eq!(query.body()["data"]["nql"], "SELECT 1");
+        echo(send, &query, StatusCode::CREATED);
+
+        let (pod, send) = expect(&mut server, "POST", PODS_PATH).await;
+        assert_eq!(pod.body()["metadata"]["name"], "dj-j-abcdef12-driver");
+        assert_eq!(
+            pod.body()["metadata"]["ownerReferences"][0]["uid"],
+            "abcdef12-0000-0000-0000-000000000000"
+        );
+        echo(send, &pod, StatusCode::CREATED);
+
+        let (event, send) = expect(&mut server, "POST", EVENTS_PATH).await;
+        assert_eq!(event.body()["reason"], "Starting");
+        echo(send, &event, StatusCode::CREATED);
+        server
+    });
+    reconcile_job(&datajob, &ctx)
+        .await
+        .expect("reconcile succeeds");
+    no_more_calls(ctx, api_server, "no further API calls").await;
+}
+
+#[tokio::test]
+async fn a_stale_view_creates_no_pod() {
+    let (ctx, mut server) = mocked();
+    let datajob = job();
+    let api_server = tokio::spawn(async move {
+        let (_, send) = expect(&mut server, "PATCH", STATUS_PATH).await;
+        let conflict = failure(409, "Conflict", "the object has been modified");
+        reply(send, StatusCode::CONFLICT, conflict);
+        server
+    });
+    let error = reconcile_job(&datajob, &ctx)
+        .await
+        .expect_err("the write conflicts");
+    assert!(error.is_conflict(), "{error}");
+    assert_eq!(error.retry_after(0), Some(Duration::from_millis(200)));
+    no_more_calls(ctx, api_server, "no pod is created from a stale view").await;
+}
+
+#[tokio::test]
+async fn a_rejected_pod_is_recorded_and_the_next_pass_fails_the_job_without_an_error() {
+    let (ctx, mut server) = mocked();
+    let datajob = job();
+    let api_server = tokio::spawn(async move {
+        let (_, send) = expect(&mut server, "PATCH", STATUS_PATH).await;
+        accept_status(send);
+        let (query, send) = expect(&mut server, "POST", CONFIG_MAPS_PATH).await;
+        echo(send, &query, StatusCode::CREATED);
+        let (_, send) = expect(&mut server, "POST", PODS_PATH).await;
+        let invalid = failure(422, "Invalid", "resources.requests: Invalid value");
+        reply(send, StatusCode::UNPROCESSABLE_ENTITY, invalid);
+        // The next pass: decide records the rejection as the job's failure.
+        let (status, send) = expect(&mut server, "PATCH", STATUS_PATH).await;
+        let failure = &status.body()["status"]["failures"][0];
+        assert_eq!(status.body()["status"]["state"], "failed");
+        assert_eq!(failure["reason"], "ExecutorRejected");
+        assert!(failure["message"].to_string().contains("Invalid value"));
+        accept_status(send);
+        let (event, send) = expect(&mut server, "POST", EVENTS_PATH).await;
+        assert_eq!(event.body()["reason"], "Failed");
+        echo(send, &event, StatusCode::CREATED);
+        server
+    });
+    let action = reconcile_job(&datajob, &ctx)
+        .await
+        .expect("a rejection is no error");
+    assert_eq!(action, Action::requeue(Duration::from_millis(200)));
+    reconcile_job(&datajob, &ctx)
+        .await
+        .expect("the failure is recorded");
+    no_more_calls(ctx, api_server, "no further API calls").await;
+}
+
+#[tokio::test]
+async fn waiting_for_a_deleted_jobs_pods_to_terminate_is_not_an_error() {
+    let (ctx, mut server) = mocked();
+    let mut datajob = job();
+    datajob.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+    let api_server = tokio::spawn(async move {
+        let (_, send) = expect(&mut server, "GET", PODS_PATH).await;
+        let pod = json!({ "metadata": { "name": "dj-j-abcdef12-driver", "namespace": "ns" } });
+        let pods = json!({ "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [pod] });
+        reply(send, StatusCode::OK, pods);
+        let driver = format!("{PODS_PATH}/dj-j-abcdef12-driver");
+        let (_, send) = expect(&mut server, "DELETE", &driver).await;
+        reply(send, StatusCode::OK, pod);
+        server
+    });
+    let ctx = Arc::new(ctx);
+    let action = reconcile(Arc::new(datajob), ctx.clone())
+        .await
+        .expect("waiting is no error");
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    let ctx = Arc::into_inner(ctx).expect("the only reference");
+    no_more_calls(ctx, api_server, "the finalizer stays while a pod remains").await;
+}
+
+/// The next request, which must be `method` on `path`.
+async fn expect(
+    server: &mut ApiServer,
+    method: &str,
+    path: &str,
+) -> (Request<Value>, mock::SendResponse<Response<Body>>) {
+    let (request, send) = next(server).await;
+    assert_eq!(request.method(), method);
+    assert_eq!(request.uri().path(), path);
+    (request, send)
+}
+
+/// Answers a status write with the job.
+fn accept_status(send: mock::SendResponse<Response<Body>>) {
+    reply(
+        send,
+        StatusCode::OK,
+        serde_json::to_value(job()).expect("json"),
+    );
+}
+
+/// Answers a create with the object as sent.
+fn echo(send: mock::SendResponse<Response<Body>>, request: &Request<Value>, status: StatusCode) {
+    reply(send, status, request.body().clone());
+}
+
+/// Closes the client and checks the server got no request beyond those it answered.
+async fn no_more_calls(ctx: Context, api_server: JoinHandle<ApiServer>, why: &str) {
+    drop(ctx);
+    let mut server = api_server.await.expect("mock API server");
+    assert!(server.next_request().await.is_none(), "{why}");
+}
+
+/// A Status body the API server sends with an error.
+fn failure(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+        "reason": reason, "message": message,
+    })
+}
+
+#[tokio::test]
+async fn a_panicking_reconcile_becomes_an_error_not_a_dead_process() {
+    let caught = super::catch_panic(async {
+        let deadline: i64 = std::hint::black_box(300_000_000_000);
+        if deadline > 0 {
+            panic!("adding unsigned duration to timestamp overflowed");
+        }
+        1
+    })
+    .await;
+    assert_eq!(
+        caught,
+        Err("adding unsigned duration to timestamp overflowed".to_string())
+    );
+    assert_eq!(super::catch_panic(async { 7 }).await, Ok(7));
+    let error = Error::Panicked {
+        job: "ns/j".to_string(),
+        message: "boom".to_string(),
+    };
+    assert_eq!(error.category(), "panic");
+    assert!(
+        error.retry_after(3).is_some(),
+        "a panicked job is retried with back-off"
+    );
+}

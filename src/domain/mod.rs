@@ -1,0 +1,26 @@
+//! The pure core: every decision the operator makes, as plain synchronous functions over plain
+//! data (API types included, no client, no runtime, no locks, no clock).
+//!
+//! - [`model`]: what observe hands in ([`Observation`]) and what apply carries out ([`Plan`]),
+//!   with typed [`Reason`]s and [`ConditionType`]s;
+//! - [`admission`]: slots of a limited pool, the queue order and the one [`admission::admit`];
+//! - [`machine`]: the DataJob state machine ([`decide`]), one file per state, and what a
+//!   deletion waits for ([`on_deletion`]);
+//! - [`conditions`]: the conditions derived from a decided status;
+//! - [`pool`]: the ComputePool status.
+
+pub mod admission;
+pub mod clock;
+pub mod conditions;
+pub mod machine;
+pub mod model;
+pub mod policy;
+pub mod pool;
+
+pub use machine::{
+    decide, executor_create_failed, on_deletion, resolve_cluster_type, teardown, workers,
+};
+pub use model::{
+    ConditionType, Deletion, EventKind, JobEvent, Observation, ObservedPod, Plan, PodPhase,
+    PoolView, RESYNC, Reason, Termination,
+};

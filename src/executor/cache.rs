@@ -1,0 +1,101 @@
+//! What the operator keeps of an executor pod in its cache: only what observe reads (name,
+//! namespace, uid, labels, owners, deletion mark, phase, reason, message and the containers'
+//! states). The environment (which carries the whole query), the rest of the spec, managed
+//! fields, annotations and conditions are dropped before a pod is cached, so the cache's memory
+//! per job does not grow with what a tenant writes.
+
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod, PodStatus};
+use kube::api::ObjectMeta;
+
+/// Reduces a pod, in place, to what the controller reads.
+pub fn strip_pod(pod: &mut Pod) {
+    let meta = std::mem::take(&mut pod.metadata);
+    pod.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        labels: meta.labels,
+        owner_references: meta.owner_references,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..ObjectMeta::default()
+    };
+    pod.spec = None;
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        reason: status.reason,
+        message: status.message.map(|m| super::result::clean(&m, 1024)),
+        container_statuses: status
+            .container_statuses
+            .map(|statuses| statuses.into_iter().map(strip_container).collect()),
+        ..PodStatus::default()
+    });
+}
+
+fn strip_container(status: ContainerStatus) -> ContainerStatus {
+    ContainerStatus {
+        name: status.name,
+        state: status.state.map(|state| ContainerState {
+            running: state.running,
+            terminated: state.terminated,
+            waiting: state.waiting,
+        }),
+        ..ContainerStatus::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_cached_pod_keeps_what_observe_reads_and_nothing_else() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": "dj-x-1-driver", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                "labels": { "datajob.dev/job-uid": "j" },
+                "annotations": { "big": "x".repeat(10_000) },
+                "managedFields": [{ "manager": "datajob-operator", "operation": "Apply" }],
+                "ownerReferences": [{ "apiVersion": "datajob.dev/v1alpha1", "kind": "DataJob", "name": "x", "uid": "j" }],
+            },
+            "spec": { "containers": [{ "name": "executor", "env": [{ "name": "DATAJOB_NQL", "value": "q".repeat(100_000) }] }] },
+            "status": {
+                "phase": "Failed", "reason": "Evicted", "message": "low memory",
+                "conditions": [{ "type": "Ready", "status": "False" }],
+                "containerStatuses": [{
+                    "name": "executor", "image": "i", "imageID": "sha", "ready": false, "restartCount": 0,
+                    "state": { "terminated": { "exitCode": 3, "message": "m", "startedAt": "2026-01-01T00:00:00Z" } },
+                }],
+            },
+        }))
+        .expect("pod");
+        let before = crate::executor::cache::tests::observed(&pod);
+        strip_pod(&mut pod);
+        assert_eq!(crate::executor::cache::tests::observed(&pod), before);
+        assert!(pod.spec.is_none());
+        assert!(pod.metadata.annotations.is_none() && pod.metadata.managed_fields.is_none());
+        let size = serde_json::to_string(&pod).expect("json").len();
+        assert!(size < 1024, "a stripped pod is {size} bytes");
+    }
+
+    /// What observe reads of a pod.
+    fn observed(pod: &Pod) -> String {
+        let status = pod.status.as_ref().expect("status");
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            pod.metadata.name,
+            pod.metadata.labels,
+            pod.metadata.owner_references,
+            pod.metadata.deletion_timestamp,
+            status.phase,
+            status.reason,
+            status.message,
+            status.container_statuses.as_ref().map(|c| c
+                .iter()
+                .map(|c| (c.name.clone(), c.state.clone()))
+                .collect::<Vec<_>>())
+        )
+    }
+}
