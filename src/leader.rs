@@ -265,32 +265,7 @@ impl LeaderElector {
             .await?;
         let now_wall = Timestamp::now();
         let Some(mut lease) = existing else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.name.clone()),
-                    namespace: Some(self.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(self.spec(now_wall, now_wall, 0)),
-            };
-            return match self
-                .bounded(
-                    "create",
-                    timeout,
-                    self.api.create(&PostParams::default(), &lease),
-                )
-                .await
-            {
-                Ok(created) => {
-                    self.observe(&created, started);
-                    Ok(Attempt::Held)
-                }
-                Err(Error::Lease {
-                    source: kube::Error::Api(status),
-                    ..
-                }) if status.code == 409 => Ok(Attempt::Raced),
-                Err(e) => Err(e),
-            };
+            return self.create(now_wall, started, timeout).await;
         };
         let observed = self.observe(&lease, Instant::now());
         let spec = lease.spec.clone().unwrap_or_default();
@@ -312,14 +287,36 @@ impl LeaderElector {
             self.spec(now_wall, now_wall, transitions + 1)
         });
         // The replace carries the resourceVersion just read: a concurrent candidate loses.
-        match self
-            .bounded(
-                "update",
-                timeout,
-                self.api.replace(&self.name, &PostParams::default(), &lease),
-            )
-            .await
-        {
+        let params = PostParams::default();
+        let replace = self.api.replace(&self.name, &params, &lease);
+        let written = self.bounded("update", timeout, replace).await;
+        self.settle(written, started)
+    }
+
+    /// Creates the Lease, held by this candidate.
+    async fn create(
+        &self,
+        now_wall: Timestamp,
+        started: Instant,
+        timeout: Duration,
+    ) -> Result<Attempt, Error> {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(self.spec(now_wall, now_wall, 0)),
+        };
+        let params = PostParams::default();
+        let create = self.api.create(&params, &lease);
+        let written = self.bounded("create", timeout, create).await;
+        self.settle(written, started)
+    }
+
+    /// The outcome of a Lease write that began at `started`: held, or raced (409).
+    fn settle(&self, written: Result<Lease, Error>, started: Instant) -> Result<Attempt, Error> {
+        match written {
             Ok(written) => {
                 self.observe(&written, started);
                 Ok(Attempt::Held)

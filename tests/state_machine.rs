@@ -8,8 +8,8 @@ use datajob_operator::api::{
     ClusterType, DataJobSpec, DataJobStatus, ExecutorSpec, JobInput, JobState, JobType,
 };
 use datajob_operator::domain::{
-    Cause, EventKind, Observation, ObservedPod, Plan, PodPhase, PoolView, Reason, Termination,
-    decide,
+    Cause, EventKind, NodeView, Observation, ObservedPod, Plan, PodPhase, PoolView, Reason,
+    Termination, decide,
 };
 use datajob_operator::executor::{self, Role};
 use jiff::Timestamp;
@@ -621,6 +621,66 @@ fn a_refused_create_is_shown_and_a_queued_job_waits_without_a_start_clock() {
         "a queued job never times out"
     );
     assert!(queued.obs.status.start_requested_at.is_none());
+}
+
+#[test]
+fn a_teardown_stuck_past_the_grace_period_stalls_and_a_pod_on_a_lost_node_is_force_deleted() {
+    let mut job = Job::running(ClusterType::Shared);
+    job.request_cancel();
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::PendingCancellation));
+    let deadline = job.obs.now + jiff::SignedDuration::from_secs(2);
+    for pod in &mut job.obs.pods {
+        pod.deletion_deadline = Some(deadline);
+        pod.node = Some("kwok-node-3".to_string());
+    }
+    let plan = job.step_and_apply();
+    assert_eq!(
+        condition(&job, "Stalled"),
+        "False",
+        "within the grace period"
+    );
+    assert_eq!(
+        plan.requeue,
+        Some(Duration::from_secs(33)),
+        "looks again when it would be stuck"
+    );
+
+    job.obs.now += jiff::SignedDuration::from_secs(40);
+    let plan = job.step_and_apply();
+    assert_eq!(condition(&job, "Stalled"), "True");
+    assert_eq!(reasons(&plan), ["TeardownStuck"]);
+    assert_eq!(plan.events[0].kind, EventKind::Warning);
+    let stalled = job
+        .obs
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled");
+    let message = &stalled.expect("Stalled").message;
+    assert!(message.contains("-driver on node kwok-node-3"), "{message}");
+    assert!(plan.force_delete.is_empty(), "the node's state is unknown");
+
+    job.obs
+        .nodes
+        .insert("kwok-node-3".to_string(), NodeView::Gone);
+    let plan = job.step_and_apply();
+    assert_eq!(plan.force_delete, [format!("{}-driver", job.executor())]);
+    assert!(
+        plan.events[0]
+            .message
+            .contains("node kwok-node-3 no longer exists")
+    );
+    assert_eq!(
+        job.state(),
+        Some(JobState::PendingCancellation),
+        "cancelled only once gone"
+    );
+
+    job.pods_gone();
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Cancelled));
+    assert_eq!(condition(&job, "Stalled"), "False");
 }
 
 #[test]

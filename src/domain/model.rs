@@ -314,8 +314,10 @@ named! {
         /// Pending cancellation: waiting for executor pods to terminate.
         TearingDown,
         /// Pending cancellation or deletion: an executor pod is terminating long past its grace
-        /// period (its node is probably lost); also the event of a force deletion.
+        /// period (its node is probably lost).
         TeardownStuck,
+        /// Event: an executor pod stuck on a lost node was deleted with grace period 0.
+        PodForceDeleted,
         /// Failure: the API server rejected an executor pod as invalid.
         ExecutorRejected,
         /// Failure: the executor could not start (a cause that cannot pass, or not within the

@@ -217,7 +217,7 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
                 .iter()
                 .map(|(pod, why)| JobEvent {
                     kind: EventKind::Warning,
-                    reason: Reason::TeardownStuck,
+                    reason: Reason::PodForceDeleted,
                     message: format!("force-deleting executor pod {pod} (grace period 0): {why}"),
                 })
                 .collect();

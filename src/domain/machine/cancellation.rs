@@ -76,7 +76,7 @@ impl Step<'_> {
         let judged = stuck::judge(&self.obs.pods, &self.obs.nodes, self.obs.now);
         for (pod, why) in &judged.force_delete {
             let message = format!("force-deleting executor pod {pod} (grace period 0): {why}");
-            self.event(EventKind::Warning, Reason::TeardownStuck, message);
+            self.event(EventKind::Warning, Reason::PodForceDeleted, message);
             self.force_delete.push(pod.clone());
         }
         if judged.stuck.is_empty() {
