@@ -26,7 +26,8 @@ source "$ROOT/hack/lib/common.sh"
 # tests/ targets that need no cluster; every other one runs against the cluster, except the
 # chaos run (tests/chaos, a tool started by hack/chaos.sh), which runs last in its small
 # configuration CHAOS_ARGS on a fresh cluster of the same name and ports.
-PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input chaos_checks)
+PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input api_reference operator_binary
+  jobs_api_openapi chaos_checks)
 CHAOS_ARGS=(--jobs 20 --kills 2 --seed 5)
 
 NAME=${DATAJOB_TEST_CLUSTER:-ci}
@@ -174,8 +175,9 @@ log "building the cluster tests"
 cargo test --no-run "${cluster_args[@]}"
 phase "cargo build (cluster tests)"
 cluster_up
-log "running the cluster tests: cargo test ${cluster_args[*]}"
-cargo test "${cluster_args[@]}"
+# --no-fail-fast: one run reports every failing target, not only the first.
+log "running the cluster tests: cargo test --no-fail-fast ${cluster_args[*]}"
+cargo test --no-fail-fast "${cluster_args[@]}"
 phase "cluster tests"
 # The cluster tests' cluster goes first: the chaos run wants a fresh one with an audit log.
 "${CLUSTER[@]}" down

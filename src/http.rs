@@ -1,4 +1,4 @@
-//! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process
+//! The operator's HTTP endpoints: `/metrics` (OpenMetrics text), `/healthz` (the process
 //! serves) and `/readyz` (the caches are synced).
 
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, OPENMETRICS_CONTENT_TYPE};
 
 /// Shared state of the endpoints.
 #[derive(Clone)]
@@ -40,10 +40,7 @@ pub async fn serve(
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
         health.metrics.encode(),
     )
 }

@@ -5,8 +5,9 @@
 //! status), [`controller`] the kube glue around it (caches every replica keeps, watches,
 //! observe -> decide -> apply -> status), [`executor`] the executor pods and the contract with
 //! the executor image, [`telemetry`] logs and metrics, [`http`] the metrics and health
-//! endpoints, [`leader`] leader election and [`client`] the API clients (user agent per
-//! instance; writes fenced by the leader Lease).
+//! endpoints, [`leader`] leader election, [`client`] the API clients (user agent per instance;
+//! writes fenced by the leader Lease), [`plugin`] the kubectl plugin, and [`jobs_api`] the
+//! seed's Jobs REST API served over DataJobs (`datajob-operator api`).
 
 pub mod api;
 pub mod client;
@@ -14,7 +15,12 @@ pub mod controller;
 pub mod domain;
 pub mod executor;
 pub mod http;
+pub mod jobs_api;
 pub mod leader;
+pub mod plugin;
+pub mod probe;
+pub mod reference;
+pub mod startup;
 pub mod telemetry;
 
 /// Name of the operator: field manager of everything it writes, Event reporter, label value.

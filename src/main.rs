@@ -9,18 +9,31 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use datajob_operator::leader::{Fence, LeaderElector, Timing};
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
-use datajob_operator::{api, client, controller, http};
+use datajob_operator::{api, client, controller, http, jobs_api, probe, reference, startup};
 use tracing::{error, info};
+
+/// How logging is configured, shown in `--help`.
+const LOGGING_HELP: &str = "\
+Logging:
+  RUST_LOG   log filter (tracing-subscriber EnvFilter syntax), default `info`;
+             e.g. RUST_LOG=datajob_operator=debug,kube=info
+  NO_COLOR   set to any value for text logs without colour codes (text logs are plain
+             anyway when stdout is not a terminal)
+
+Every flag can also be set through the environment variable shown beside it.";
 
 #[derive(Parser)]
 #[command(
     name = "datajob-operator",
     version,
-    about = "Runs and cancels DataJobs on Kubernetes"
+    about = "Runs and cancels DataJobs on Kubernetes",
+    args_conflicts_with_subcommands = true,
+    after_help = LOGGING_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Flags of `run`, also accepted without the subcommand.
     #[command(flatten)]
     run: RunArgs,
 }
@@ -29,17 +42,53 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Print the API reference (Markdown) generated from the CRDs.
+    ApiReference,
+    /// GET a URL and succeed on status 200 (the Helm chart's `helm test` runs it against
+    /// /readyz).
+    Probe {
+        /// The URL, http:// only.
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_seconds: u64,
+    },
     /// Run the controller (the default).
-    Run,
+    #[command(after_help = LOGGING_HELP)]
+    Run(RunArgs),
+    /// Serve the seed's Jobs REST API under /v1, acting with each caller's Bearer token.
+    Api(ApiArgs),
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Address to serve on (port 0 picks a free one).
+    #[arg(long, env = "DATAJOB_API_HTTP_ADDR", default_value = "127.0.0.1:8443")]
+    http_addr: SocketAddr,
+    /// Namespace whose DataJobs are the jobs.
+    #[arg(long, env = "DATAJOB_API_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// TLS certificate (PEM); serves HTTPS together with --tls-key.
+    #[arg(long, env = "DATAJOB_API_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "DATAJOB_API_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Longest ?wait= a request may ask for, in seconds.
+    #[arg(long, env = "DATAJOB_API_MAX_WAIT_SECONDS", default_value_t = 60)]
+    max_wait_seconds: u64,
+    /// Log format.
+    #[arg(long, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
     /// Namespace to watch; all namespaces when unset.
-    #[arg(long, global = true, env = "DATAJOB_NAMESPACE")]
+    #[arg(long, env = "DATAJOB_NAMESPACE")]
     namespace: Option<String>,
     /// Only reconcile DataJobs of this data plane.
-    #[arg(long, global = true, env = "DATAJOB_DATA_PLANE")]
+    #[arg(long, env = "DATAJOB_DATA_PLANE")]
     data_plane: Option<String>,
     /// Executor image when neither the job nor its pool sets one.
     #[arg(
@@ -58,40 +107,33 @@ struct RunArgs {
     )]
     allowed_image_prefixes: Vec<String>,
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "DATAJOB_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, value_enum, env = "DATAJOB_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
     /// Reconciles running at once.
-    #[arg(long, global = true, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "DATAJOB_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
     /// Address of the /metrics, /healthz and /readyz endpoints (port 0 picks a free one).
-    #[arg(
-        long,
-        global = true,
-        env = "DATAJOB_HTTP_ADDR",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, env = "DATAJOB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
     /// This instance's name in events and in the leader Lease (default: host name and pid).
-    #[arg(long, global = true, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
     /// Elect a leader on a Lease so that only one replica reconciles.
-    #[arg(long, global = true, env = "DATAJOB_LEADER_ELECTION")]
+    #[arg(long, env = "DATAJOB_LEADER_ELECTION")]
     leader_election: bool,
     /// Namespace of the leader Lease.
-    #[arg(long, global = true, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// Name of the leader Lease.
-    #[arg(long, global = true, default_value = "datajob-operator")]
+    #[arg(long, env = "DATAJOB_LEASE_NAME", default_value = "datajob-operator")]
     lease_name: String,
     /// Seconds a leader holds the Lease without renewing it.
-    #[arg(long, global = true, default_value_t = 15)]
+    #[arg(long, env = "DATAJOB_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// Seconds a clean shutdown may take after SIGTERM/SIGINT before the process exits anyway
+    /// (for example when the API server is gone and requests hang).
+    #[arg(long, env = "DATAJOB_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
+    shutdown_timeout_seconds: u64,
 }
 
 #[tokio::main]
@@ -99,8 +141,29 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Crd) => print_crds(),
-        Some(Command::Run) | None => run(cli.run).await,
+        Some(Command::ApiReference) => print_api_reference(),
+        Some(Command::Probe {
+            url,
+            timeout_seconds,
+        }) => match probe::probe(&url, Duration::from_secs(timeout_seconds)).await {
+            Ok(body) => {
+                println!("{url}: {body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("probe failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Api(args)) => serve_api(args).await,
+        None => run(cli.run).await,
     }
+}
+
+fn print_api_reference() -> ExitCode {
+    print!("{}", reference::markdown());
+    ExitCode::SUCCESS
 }
 
 fn print_crds() -> ExitCode {
@@ -129,6 +192,11 @@ async fn run(args: RunArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let metrics = Arc::new(Metrics::default());
+    exit_after_grace_on_signal(Duration::from_secs(args.shutdown_timeout_seconds));
+    if let Err(missing) = startup::check_crds(&client).await {
+        error!("{missing}");
+        return ExitCode::FAILURE;
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let health = http::Health {
         ready: ready.clone(),
@@ -149,17 +217,28 @@ async fn run(args: RunArgs) -> ExitCode {
     // Every replica keeps its caches, leader or not: ready means "this process can serve".
     let (caches, undecodable) = controller::Caches::start(&client, &config);
     tokio::spawn(mark_ready(caches.clone(), ready));
-    metrics.set_leader(elector.is_none());
     if let Some(elector) = &elector {
         info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");
         tokio::select! {
             () = elector.acquire(|_| {}) => metrics.set_leader(true),
-            () = shutdown_signal() => return ExitCode::SUCCESS,
+            () = startup::shutdown_signal() => return ExitCode::SUCCESS,
         }
+    } else {
+        metrics.set_leader(true);
     }
     info!(namespace = ?config.namespace, data_plane = ?config.data_plane, "starting the DataJob controller");
     let controllers = controller::run(client, config, metrics.clone(), caches, undecodable);
-    match &elector {
+    lead(elector.as_ref(), controllers, &metrics).await
+}
+
+/// Runs `controllers` until a shutdown signal, or, with leader election, until leadership is
+/// lost (then the process exits non-zero, and its restart stands by).
+async fn lead(
+    elector: Option<&LeaderElector>,
+    controllers: impl Future<Output = ()>,
+    metrics: &Metrics,
+) -> ExitCode {
+    match elector {
         None => controllers.await,
         Some(elector) => {
             tokio::select! {
@@ -168,6 +247,7 @@ async fn run(args: RunArgs) -> ExitCode {
                     metrics.set_leader(false);
                 }
                 lost = elector.keep() => {
+                    metrics.set_leader(false);
                     error!(error = %lost, "stopped leading; exiting so that a fresh process stands by");
                     return ExitCode::FAILURE;
                 }
@@ -200,21 +280,6 @@ async fn mark_ready(caches: controller::Caches, ready: Arc<AtomicBool>) {
     caches.wait_synced().await;
     info!("caches synced; ready");
     ready.store(true, Ordering::Release);
-}
-
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 /// The candidate in the leader election, when `--leader-election` asks for one.
@@ -257,10 +322,105 @@ async fn serve_endpoints(addr: SocketAddr, health: http::Health) -> bool {
     true
 }
 
+/// On the first SIGTERM or SIGINT, gives the clean shutdown `grace` and then exits the process:
+/// with the API server gone, watches, in-flight reconciles and the Lease release could
+/// otherwise wait far longer than the pod's termination grace period.
+fn exit_after_grace_on_signal(grace: Duration) {
+    tokio::spawn(async move {
+        startup::shutdown_signal().await;
+        info!(grace_seconds = grace.as_secs(), "shutting down");
+        tokio::time::sleep(grace).await;
+        error!(
+            grace_seconds = grace.as_secs(),
+            "clean shutdown did not finish in time; exiting"
+        );
+        std::process::exit(1);
+    });
+}
+
+/// Serves the Jobs REST API until SIGTERM/SIGINT.
+async fn serve_api(args: ApiArgs) -> ExitCode {
+    telemetry::init_logging(args.log_format);
+    // Only the API server's address and CA are taken from here; requests use the callers'
+    // tokens (see jobs_api::identity).
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(e) => {
+            error!(error = %e, "failed to find the Kubernetes API server (kubeconfig or in-cluster config)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = jobs_api::AppState {
+        upstream: jobs_api::identity::Upstream::new(config),
+        namespace: args.namespace.clone(),
+        max_wait: Duration::from_secs(args.max_wait_seconds),
+    };
+    let tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| jobs_api::TlsFiles { cert, key });
+    let https = tls.is_some();
+    let (addr, server) = match jobs_api::serve(args.http_addr, state, tls).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            error!(error = %e, "failed to start the Jobs API");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(%addr, https, namespace = %args.namespace, "serving the Jobs API under /v1");
+    tokio::select! {
+        result = server => {
+            if let Err(e) = result {
+                error!(error = %e, "the Jobs API stopped");
+                return ExitCode::FAILURE;
+            }
+        }
+        () = startup::shutdown_signal() => info!("stopping the Jobs API"),
+    }
+    ExitCode::SUCCESS
+}
+
 /// Host name and process id, when no instance name is given.
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "datajob-operator".to_string());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn api_takes_its_own_flags_and_run_still_works_without_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "datajob-operator",
+            "api",
+            "--namespace",
+            "team-a",
+            "--http-addr",
+            "0.0.0.0:8080",
+        ])
+        .expect("api flags parse");
+        let Some(Command::Api(args)) = cli.command else {
+            panic!("expected the api subcommand");
+        };
+        assert_eq!(args.namespace, "team-a");
+        assert!(args.tls_cert.is_none());
+        let cli = Cli::try_parse_from(["datajob-operator", "--namespace", "team-a"])
+            .expect("run flags parse");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.namespace.as_deref(), Some("team-a"));
+        assert!(
+            Cli::try_parse_from(["datajob-operator", "api", "--tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+    }
 }

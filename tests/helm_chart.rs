@@ -39,6 +39,8 @@ const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 /// `helm template` assumes Kubernetes 1.20 unless told; the chart requires >= 1.32.
 const KUBE_VERSION: &str = "1.33.0";
 const RELEASE_NAMESPACE: &str = "datajob-system";
+/// How long SubjectAccessReviews may take to reflect new roles and bindings.
+const RBAC_SETTLE: Duration = Duration::from_secs(60);
 
 // --- helm -------------------------------------------------------------------------------------
 
@@ -328,25 +330,296 @@ fn allows(grants: &Grants, group: &str, resource: &str, verb: &str) -> bool {
 
 // --- offline tests ----------------------------------------------------------------------------
 
+/// A rendered CRD without what the chart adds (Helm labels, the keep annotation).
+fn without_chart_metadata(mut crd: serde_yaml::Value) -> serde_yaml::Value {
+    let metadata = crd
+        .get_mut("metadata")
+        .and_then(|m| m.as_mapping_mut())
+        .expect("metadata");
+    metadata.remove("labels");
+    metadata.remove("annotations");
+    crd
+}
+
+fn rendered_crds(sets: &[&str]) -> Vec<serde_yaml::Value> {
+    render(sets)
+        .into_iter()
+        .filter(|d| kind_of(d) == "CustomResourceDefinition")
+        .collect()
+}
+
 #[test]
 fn chart_crds_are_the_generated_crds() {
     let generated = datajob_operator::api::crds_yaml().expect("CRDs render");
-    let path = Path::new(CHART).join("crds/datajob-operator.yaml");
+    let path = Path::new(CHART).join("files/crds.yaml");
     let in_chart = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     assert!(
         generated == in_chart,
-        "charts/datajob-operator/crds/datajob-operator.yaml is stale; regenerate it with \
-         `cargo run -q -- crd > charts/datajob-operator/crds/datajob-operator.yaml`"
+        "charts/datajob-operator/files/crds.yaml is stale; regenerate it with \
+         `cargo run -q -- crd > charts/datajob-operator/files/crds.yaml`"
     );
-    let entries: Vec<_> = std::fs::read_dir(Path::new(CHART).join("crds"))
-        .expect("crds/ is readable")
-        .map(|e| e.expect("crds/ entry").file_name())
+    assert!(
+        !Path::new(CHART).join("crds").exists(),
+        "the chart's CRDs are templates (templates/crds.yaml), not crds/, which Helm never upgrades"
+    );
+    // What the templates render is exactly the generated CRDs, plus the chart's metadata
+    // (Helm's YAML round trip turns 0.0 into 0: numbers are compared as numbers).
+    let rendered: Vec<serde_json::Value> = rendered_crds(&[])
+        .into_iter()
+        .map(|crd| numbers_as_floats(serde_json::to_value(without_chart_metadata(crd)).unwrap()))
         .collect();
+    let generated: Vec<serde_json::Value> = yaml_documents(&generated)
+        .into_iter()
+        .map(|crd| numbers_as_floats(serde_json::to_value(crd).unwrap()))
+        .collect();
+    assert!(
+        rendered == generated,
+        "templates/crds.yaml does not render files/crds.yaml faithfully"
+    );
+}
+
+fn numbers_as_floats(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => json!(n.as_f64().expect("a finite number")),
+        Value::Array(items) => Value::Array(items.into_iter().map(numbers_as_floats).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, numbers_as_floats(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[test]
+fn crds_are_kept_on_uninstall_unless_asked_and_can_be_left_out() {
+    for crd in rendered_crds(&[]) {
+        let annotations = &crd["metadata"]["annotations"];
+        assert_eq!(annotations["helm.sh/resource-policy"], "keep", "{crd:?}");
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
+    }
+    for crd in rendered_crds(&["crds.keep=false"]) {
+        assert!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"].is_null(),
+            "{crd:?}"
+        );
+    }
+    assert!(rendered_crds(&["crds.enabled=false"]).is_empty());
+    assert_eq!(rendered_crds(&["crds.annotations.team=data"]).len(), 2);
+    for crd in rendered_crds(&["crds.annotations.team=data"]) {
+        assert_eq!(crd["metadata"]["annotations"]["team"], "data");
+    }
+}
+
+/// Every object schema of values.schema.json is closed: additionalProperties is false, or a
+/// schema for the values of a free-form map (labels, annotations, quantities).
+#[test]
+fn values_schema_rejects_unknown_keys_everywhere() {
+    fn walk(path: &str, node: &serde_json::Value, open: &mut Vec<String>) {
+        let Some(map) = node.as_object() else { return };
+        let is_object = map.get("type") == Some(&json!("object"));
+        if is_object && !map.contains_key("additionalProperties") {
+            open.push(path.to_string());
+        }
+        if map.contains_key("properties") && map.get("additionalProperties") != Some(&json!(false))
+        {
+            open.push(format!("{path} (has properties)"));
+        }
+        for (key, child) in map
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .into_iter()
+            .flatten()
+        {
+            walk(&format!("{path}.{key}"), child, open);
+        }
+        if let Some(items) = map.get("items") {
+            walk(&format!("{path}[]"), items, open);
+        }
+        if let Some(values) = map.get("additionalProperties").filter(|v| v.is_object()) {
+            walk(&format!("{path}.*"), values, open);
+        }
+    }
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(CHART).join("values.schema.json")).expect("schema"),
+    )
+    .expect("JSON");
+    let mut open = Vec::new();
+    walk("", &schema, &mut open);
+    assert!(
+        open.is_empty(),
+        "open objects in values.schema.json: {open:?}"
+    );
+
+    // Each top-level key of values.yaml is in the schema, and the defaults pass it.
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(CHART).join("values.yaml")).expect("values"),
+    )
+    .expect("YAML");
+    for key in values.as_mapping().expect("a mapping").keys() {
+        let key = key.as_str().expect("string key");
+        assert!(
+            schema["properties"].get(key).is_some(),
+            "{key} is not in the schema"
+        );
+    }
+    helm_ok(&["lint", "--strict", CHART]);
+}
+
+#[test]
+fn unknown_and_misspelt_values_fail_and_new_ones_work() {
+    for set in [
+        "replicaCount=2",
+        "image.digset=sha256:0",
+        "metrics.service.enable=true",
+        "crds.keepp=true",
+        "securityContext.runAsUsr=1",
+        "podDisruptionBudget.maxUnavailble=1",
+        "image.digest=latest",
+    ] {
+        let out = helm(&["lint", CHART, "--set", set]);
+        assert!(
+            !out.status.success(),
+            "helm lint --set {set} must fail the values schema"
+        );
+    }
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let docs = render(&[&format!("image.digest={digest}"), "image.tag=9.9.9"]);
+    let image = the_deployment(&docs)
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].image.clone().unwrap_or_default())
+        .expect("container image");
     assert_eq!(
-        entries,
-        ["datajob-operator.yaml"],
-        "crds/ holds the generated file only"
+        image,
+        format!("ghcr.io/datajob-dev/datajob-operator@{digest}")
+    );
+}
+
+#[test]
+fn service_monitor_and_pod_disruption_budget_are_optional() {
+    let docs = render(&[]);
+    for kind in ["ServiceMonitor", "PodDisruptionBudget"] {
+        assert!(
+            docs.iter().all(|d| kind_of(d) != kind),
+            "{kind} is off by default"
+        );
+    }
+    let docs = render(&[
+        "serviceMonitor.enabled=true",
+        "serviceMonitor.interval=30s",
+        "serviceMonitor.labels.release=prometheus",
+        "podDisruptionBudget.enabled=true",
+        "replicas=2",
+    ]);
+    let monitor = docs
+        .iter()
+        .find(|d| kind_of(d) == "ServiceMonitor")
+        .expect("a ServiceMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "http-metrics");
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "30s");
+    // It selects the metrics Service, whose port it names.
+    let service = docs
+        .iter()
+        .find(|d| kind_of(d) == "Service")
+        .expect("the metrics Service");
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("labels")
+    {
+        assert_eq!(&service["metadata"]["labels"][key], value, "{key:?}");
+    }
+    assert_eq!(service["spec"]["ports"][0]["name"], "http-metrics");
+
+    let pdb = docs
+        .iter()
+        .find(|d| kind_of(d) == "PodDisruptionBudget")
+        .expect("a PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let deployment = docs
+        .iter()
+        .find(|d| kind_of(d) == "Deployment")
+        .expect("deployment");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let docs = render(&[
+        "podDisruptionBudget.enabled=true",
+        "podDisruptionBudget.minAvailable=1",
+    ]);
+    let pdb = docs
+        .iter()
+        .find(|d| kind_of(d) == "PodDisruptionBudget")
+        .expect("pdb");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert!(pdb["spec"]["maxUnavailable"].is_null());
+    // A ServiceMonitor needs the Service.
+    let out = helm(&[
+        "template",
+        "rel",
+        CHART,
+        "--kube-version",
+        KUBE_VERSION,
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "metrics.service.enabled=false",
+    ]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn helm_test_hook_probes_readyz_through_the_metrics_service() {
+    let docs = render(&[]);
+    let pods = objects::<k8s_openapi::api::core::v1::Pod>(&docs, "Pod");
+    assert_eq!(pods.len(), 1, "one test pod");
+    let pod = &pods[0];
+    let annotations = pod.annotations();
+    assert_eq!(
+        annotations.get("helm.sh/hook").map(String::as_str),
+        Some("test")
+    );
+    let spec = pod.spec.as_ref().expect("spec");
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let container = &spec.containers[0];
+    assert_eq!(
+        container.args.as_deref(),
+        Some(
+            &[
+                "probe".to_string(),
+                format!("http://rel-datajob-operator-metrics.{RELEASE_NAMESPACE}.svc:8080/readyz"),
+            ][..]
+        )
+    );
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/datajob-dev/datajob-operator:0.1.0"),
+        "the operator's own image"
+    );
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert!(
+        render(&["tests.enabled=false"])
+            .iter()
+            .all(|d| kind_of(d) != "Pod")
+    );
+    assert!(
+        render(&["metrics.service.enabled=false"])
+            .iter()
+            .all(|d| kind_of(d) != "Pod")
     );
 }
 
@@ -967,6 +1240,10 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         "--namespace",
         &namespace,
         "--create-namespace",
+        // The CRDs are the test suite's (tests install them); the lifecycle test owns the
+        // chart's CRD templates.
+        "--set",
+        "crds.enabled=false",
         "--set",
         &format!("rbac.aggregatedRoles.viewName={view_role}"),
         "--set",
@@ -976,7 +1253,7 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         "120s",
     ]);
 
-    // The CRDs (crds/ of the chart, or already there from an earlier install) are served.
+    // The CRDs (installed by the test suite) are served.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in ["datajobs.datajob.dev", "computepools.datajob.dev"] {
         let crd = crds
@@ -1087,7 +1364,7 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
             ],
         )
         .cannot(Some("kube-system"), &["update leases.coordination.k8s.io"])
-        .check(&client, Duration::ZERO)
+        .check(&client, RBAC_SETTLE)
         .await;
 
     // Users bound cluster-wide to the aggregated roles: carol may cancel (patch), dave may not.
@@ -1108,7 +1385,7 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         .can(None, &["list computepools.datajob.dev"])
         .cannot(here, &["patch datajobs/status.datajob.dev", "get secrets"])
         .cannot(None, &["patch computepools.datajob.dev"])
-        .check(&client, Duration::ZERO)
+        .check(&client, RBAC_SETTLE)
         .await;
     let writes = [
         "patch datajobs.datajob.dev",
@@ -1126,7 +1403,7 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
             ],
         )
         .cannot(here, &writes)
-        .check(&client, Duration::ZERO)
+        .check(&client, RBAC_SETTLE)
         .await;
 
     // Aggregation: the built-in `edit` role (bound in this namespace) gains write access to
@@ -1201,7 +1478,7 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         .await
         .expect("delete the test DataJob");
     drop(installed);
-    // helm never deletes crds/: the CRDs other tests use are still there.
+    // This release did not manage the CRDs: the ones other tests use are still there.
     for name in ["datajobs.datajob.dev", "computepools.datajob.dev"] {
         crds.get(name)
             .await
@@ -1218,4 +1495,333 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
             "ClusterRole {name} must go with the release"
         );
     }
+}
+
+// --- the release lifecycle on the cluster -----------------------------------------------------
+
+const CRD_NAMES: [&str; 2] = ["datajobs.datajob.dev", "computepools.datajob.dev"];
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The chart as a next version would ship it: chart version `version`, and a DataJob CRD with
+/// one more (optional) field and printer column.
+fn next_chart_version(version: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("helm-lifecycle")
+        .join(format!("chart-{version}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(Path::new(CHART), &dir);
+    let chart_yaml = dir.join("Chart.yaml");
+    let chart = std::fs::read_to_string(&chart_yaml).expect("Chart.yaml");
+    std::fs::write(
+        &chart_yaml,
+        chart.replace("version: 0.1.0", &format!("version: {version}")),
+    )
+    .expect("write Chart.yaml");
+    let crds_path = dir.join("files/crds.yaml");
+    let mut out = String::new();
+    for mut crd in yaml_documents(&std::fs::read_to_string(&crds_path).expect("crds")) {
+        if crd["metadata"]["name"] == "datajobs.datajob.dev" {
+            let version = &mut crd["spec"]["versions"][0];
+            version["additionalPrinterColumns"]
+                .as_sequence_mut()
+                .expect("columns")
+                .push(
+                    serde_yaml::from_str(
+                        "{name: Priority, type: integer, jsonPath: .spec.priority}",
+                    )
+                    .unwrap(),
+                );
+            version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+                .as_mapping_mut()
+                .expect("spec properties")
+                .insert(
+                    "priority".into(),
+                    serde_yaml::from_str(
+                        "{type: integer, description: Added by the next chart version.}",
+                    )
+                    .unwrap(),
+                );
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd).expect("YAML"));
+    }
+    std::fs::write(&crds_path, out).expect("write crds");
+    dir
+}
+
+/// Whether the served DataJob CRD has the field the next chart version adds.
+async fn crd_has_priority(client: &Client) -> bool {
+    let crd = Api::<CustomResourceDefinition>::all(client.clone())
+        .get("datajobs.datajob.dev")
+        .await
+        .expect("the DataJob CRD");
+    let version = &crd.spec.versions[0];
+    let column = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .any(|c| c.name == "Priority");
+    let field = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| s.properties.as_ref())
+        .and_then(|p| p.get("spec"))
+        .and_then(|s| s.properties.as_ref())
+        .is_some_and(|p| p.contains_key("priority"));
+    assert_eq!(
+        column, field,
+        "the column and the field come and go together"
+    );
+    column
+}
+
+fn operator_image(deployment: &Deployment) -> String {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers[0].image.clone())
+        .expect("image")
+}
+
+/// Marks (or, with `adopt` false, unmarks) the suite's CRDs as the release's, as docs/helm.md
+/// tells users who installed them from crds/ before.
+fn adopt_crds(release: &str, namespace: &str, adopt: bool) {
+    for crd in CRD_NAMES {
+        let (annotations, labels): (Vec<String>, Vec<String>) = if adopt {
+            (
+                vec![
+                    format!("meta.helm.sh/release-name={release}"),
+                    format!("meta.helm.sh/release-namespace={namespace}"),
+                ],
+                vec!["app.kubernetes.io/managed-by=Helm".to_string()],
+            )
+        } else {
+            (
+                [
+                    "meta.helm.sh/release-name",
+                    "meta.helm.sh/release-namespace",
+                    "helm.sh/resource-policy",
+                ]
+                .iter()
+                .map(|a| format!("{a}-"))
+                .collect(),
+                [
+                    "app.kubernetes.io/managed-by",
+                    "app.kubernetes.io/instance",
+                    "app.kubernetes.io/name",
+                    "app.kubernetes.io/part-of",
+                    "app.kubernetes.io/version",
+                    "helm.sh/chart",
+                ]
+                .iter()
+                .map(|l| format!("{l}-"))
+                .collect(),
+            )
+        };
+        for args in [
+            [
+                vec!["annotate", "--overwrite", "crd", crd],
+                annotations.iter().map(String::as_str).collect(),
+            ]
+            .concat(),
+            [
+                vec!["label", "--overwrite", "crd", crd],
+                labels.iter().map(String::as_str).collect(),
+            ]
+            .concat(),
+        ] {
+            let out = support::kubectl().args(&args).output().expect("kubectl");
+            assert!(
+                out.status.success(),
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn helm_install_upgrade_with_a_crd_change_rollback_test_and_uninstall() {
+    let client = support::admin_client().await;
+    // The suite's CRDs exist (other tests need them all along): this release adopts them.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in CRD_NAMES {
+        if crds.get_opt(name).await.expect("get CRD").is_none() {
+            let generated = datajob_operator::api::crds_yaml().expect("CRDs");
+            let mut apply = support::kubectl();
+            apply
+                .args(["apply", "--server-side", "-f", "-"])
+                .stdin(std::process::Stdio::piped());
+            let mut child = apply.spawn().expect("kubectl");
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(generated.as_bytes())
+                .unwrap();
+            assert!(child.wait().expect("kubectl").success());
+        }
+        support::wait_established(&client, name, Duration::from_secs(60)).await;
+    }
+    let namespace = support::TestNamespace::new(&client, "helm-life")
+        .await
+        .name()
+        .to_string();
+    let release = namespace.clone();
+    let _installed = Installed {
+        release: release.clone(),
+        namespace: namespace.clone(),
+        cluster_role_bindings: Vec::new(),
+    };
+    adopt_crds(&release, &namespace, true);
+    // kwok simulates pods: this annotation makes its stage end the test pod with exit code 0.
+    let test_pod_exits =
+        |code: u8| format!("tests.podAnnotations.sim\\.datajob\\.dev/exit-code={code}");
+    let common_sets = [
+        "rbac.aggregatedRoles.create=false".to_string(),
+        test_pod_exits(0),
+    ];
+    let with_sets = |mut args: Vec<String>, extra: &[String]| {
+        for set in common_sets.iter().chain(extra) {
+            // Annotation values are strings, whatever they look like.
+            let flag = if set.starts_with("tests.podAnnotations") {
+                "--set-string"
+            } else {
+                "--set"
+            };
+            args.push(flag.into());
+            args.push(set.clone());
+        }
+        args
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        helm_ok(&args)
+    };
+    let ns_args = |verb: &str, chart: Option<&str>| {
+        let mut args = vec![verb.to_string(), release.clone()];
+        args.extend(chart.map(str::to_string));
+        args.extend(["--namespace".into(), namespace.clone()]);
+        args
+    };
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let fullname = format!("{release}-datajob-operator");
+
+    // 1: install; the CRDs are the release's now, marked keep.
+    let mut install = with_sets(ns_args("install", Some(CHART)), &[]);
+    install.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    run(install);
+    assert!(!crd_has_priority(&client).await);
+    let crd = crds.get("datajobs.datajob.dev").await.expect("CRD");
+    assert_eq!(
+        crd.annotations()
+            .get("helm.sh/resource-policy")
+            .map(String::as_str),
+        Some("keep")
+    );
+    assert_eq!(
+        crd.annotations().get("meta.helm.sh/release-name"),
+        Some(&release)
+    );
+    let image = operator_image(&deployments.get(&fullname).await.expect("deployment"));
+    assert_eq!(image, "ghcr.io/datajob-dev/datajob-operator:0.1.0");
+
+    // helm test: the hook pod runs to completion (on kwok: simulated; see docs/helm.md).
+    let mut test = ns_args("test", None);
+    test.extend(["--timeout".into(), "120s".into()]);
+    let out = run(test.clone());
+    assert!(
+        out.contains("Phase:          Succeeded") || out.contains("Succeeded"),
+        "{out}"
+    );
+
+    // 2: upgrade to a chart whose CRD has a new field: helm upgrade changes the served CRD.
+    let next = next_chart_version("0.1.1-test");
+    let mut upgrade = with_sets(
+        ns_args("upgrade", Some(next.to_str().expect("utf-8"))),
+        &["image.tag=0.1.1-test".to_string()],
+    );
+    upgrade.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    run(upgrade);
+    assert!(
+        crd_has_priority(&client).await,
+        "helm upgrade upgraded the CRD"
+    );
+    let image = operator_image(&deployments.get(&fullname).await.expect("deployment"));
+    assert_eq!(image, "ghcr.io/datajob-dev/datajob-operator:0.1.1-test");
+    // The new field is served: kubectl explain knows it.
+    let explain = support::kubectl()
+        .args(["explain", "datajob.spec.priority"])
+        .output()
+        .expect("kubectl explain");
+    assert!(
+        String::from_utf8_lossy(&explain.stdout).contains("Added by the next chart version"),
+        "{}",
+        String::from_utf8_lossy(&explain.stderr)
+    );
+
+    // 3: rollback to revision 1: the CRD and the Deployment are back.
+    let mut rollback = ns_args("rollback", None);
+    rollback.extend([
+        "1".into(),
+        "--wait".into(),
+        "--timeout".into(),
+        "120s".into(),
+    ]);
+    run(rollback);
+    assert!(
+        !crd_has_priority(&client).await,
+        "rollback restored the CRD"
+    );
+    let image = operator_image(&deployments.get(&fullname).await.expect("deployment"));
+    assert_eq!(image, "ghcr.io/datajob-dev/datajob-operator:0.1.0");
+
+    // 4: a test pod that fails makes `helm test` fail.
+    let mut failing = with_sets(ns_args("upgrade", Some(CHART)), &[test_pod_exits(1)]);
+    failing.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    run(failing);
+    let test_args: Vec<&str> = test.iter().map(String::as_str).collect();
+    let out = helm(&test_args);
+    assert!(
+        !out.status.success(),
+        "helm test must fail when the probe fails: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let history = run(ns_args("history", None));
+    assert_eq!(
+        history.lines().skip(1).count(),
+        4,
+        "install, upgrade, rollback, upgrade:\n{history}"
+    );
+
+    // uninstall: the operator goes, the CRDs (keep) and so every DataJob stay.
+    let mut uninstall = ns_args("uninstall", None);
+    uninstall.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    run(uninstall);
+    assert!(
+        deployments.get_opt(&fullname).await.expect("get").is_none(),
+        "the Deployment goes with the release"
+    );
+    for name in CRD_NAMES {
+        crds.get(name)
+            .await
+            .unwrap_or_else(|e| panic!("CRD {name} must be kept on uninstall: {e}"));
+    }
+    // Give the CRDs back to the test suite.
+    adopt_crds(&release, &namespace, false);
 }

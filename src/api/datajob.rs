@@ -49,13 +49,16 @@ pub const MAX_DATASET_ID: i64 = 1_000_000_000_000_000_000;
     kind = "DataJob",
     plural = "datajobs",
     shortname = "dj",
-    category = "datajob",
+    category = "datajob-all",
     namespaced,
     status = "DataJobStatus",
     derive = "PartialEq",
     doc = "A data job (materialize-view or nql-forecast) that the datajob-operator runs on executor pods and can cancel on request.",
     selectable = ".spec.dataPlane",
     selectable = ".spec.computePool",
+    selectable = ".spec.type",
+    selectable = ".status.state",
+    selectable = ".status.jobId",
     printcolumn(
         name = "State",
         type_ = "string",
@@ -274,6 +277,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 6] = [
+        JobState::Pending,
+        JobState::Running,
+        JobState::PendingCancellation,
+        JobState::Cancelled,
+        JobState::Completed,
+        JobState::Failed,
+    ];
+
     /// Whether the state is final: nothing changes it any more.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -39,6 +39,7 @@ pub async fn run(
     undecodable: UnboundedReceiver<Undecodable>,
 ) {
     let stores = caches.stores();
+    metrics.count_jobs_with(crate::telemetry::count_jobs_in(stores.jobs.clone()));
     let pool_status = config
         .namespace
         .is_none()

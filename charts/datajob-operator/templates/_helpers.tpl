@@ -60,10 +60,15 @@ Name of the operator's ServiceAccount.
 {{- end }}
 
 {{/*
-Operator image reference.
+Operator image reference: repository@digest when image.digest is set (the tag is then
+ignored), else repository:tag (default: the chart's appVersion).
 */}}
 {{- define "datajob-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -111,4 +116,26 @@ Rules on the cluster-scoped ComputePools: always a ClusterRole.
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get"]
+{{- end }}
+
+{{/*
+Jobs API (api.enabled): its full name, labels and the labels that select its pods (distinct
+from the operator's, so neither Deployment nor Service selects the other's pods).
+*/}}
+{{- define "datajob-operator.api.fullname" -}}
+{{- printf "%s-api" (include "datajob-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "datajob-operator.api.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-api" (include "datajob-operator.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "datajob-operator.api.labels" -}}
+helm.sh/chart: {{ include "datajob-operator.chart" . }}
+{{ include "datajob-operator.api.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: datajob-operator
+app.kubernetes.io/component: api
 {{- end }}
