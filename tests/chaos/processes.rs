@@ -179,7 +179,6 @@ impl Operators {
                 &self.lease_seconds.to_string(),
                 "--instance",
                 &instance,
-                "run",
             ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(out))

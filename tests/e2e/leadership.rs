@@ -99,7 +99,6 @@ fn replica(namespace: &str, instance: &str, lease_seconds: &str) -> Operator {
     Operator::start_with(
         &format!("{namespace}-{instance}"),
         &[
-            "run",
             "--namespace",
             namespace,
             "--leader-election",
@@ -166,7 +165,7 @@ async fn a_plain_run_is_ready_once_its_caches_sync_and_reports_that_it_leads() {
     let client = admin_client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "e2e-ready").await;
-    let operator = Operator::start_with(ns.name(), &["run", "--namespace", ns.name()]);
+    let operator = Operator::start_with(ns.name(), &["--namespace", ns.name()]);
     let addr = http_addr(&operator).await;
     wait_ready(addr).await;
     assert_eq!(get(addr, "/healthz").await.map(|r| r.0), Some(200));
