@@ -3,7 +3,8 @@
 # kube-controller-manager, kube-scheduler and kwok (fake nodes and the kubelet's pod lifecycle).
 # Binaries are built from their Go modules into a cache folder on first use.
 #
-#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] [--real-node] up|down|env|status
+#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] [--audit] [--real-node]
+#                   up|down|env|status
 #
 #   --real-node  with up: also add the real node (hack/real-node.sh up); down always removes it
 #
@@ -18,6 +19,9 @@
 # $DATAJOB_PORT_BASE is given, the ports: dev 16400, ci 16500, any other name 17000 + 10 * (cksum
 # of the name mod 300). Ports: base+0 kube-apiserver, +1 etcd client, +2 etcd peer,
 # +3 kube-controller-manager, +4 kube-scheduler, +5 kwok. See docs/control-plane.md.
+# --audit: the API server writes an audit log (STATE/audit.log: every write at Metadata level,
+# Lease writes with their response; hack/chaos.sh reads it); a cluster started with it keeps it
+# when `up` restarts a stopped API server.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 
@@ -34,6 +38,7 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 NAME=${DATAJOB_CLUSTER:-dev}
 NODES=${DATAJOB_NODES:-6}
 REAL_NODE=0
+AUDIT=0
 CMD=""
 cluster_sh_option() {
   OPTION_ARGS=1
@@ -41,15 +46,16 @@ cluster_sh_option() {
     --nodes) NODES=${2:?--nodes needs a value}; OPTION_ARGS=2 ;;
     --nodes=*) NODES=${1#*=} ;;
     --real-node) REAL_NODE=1 ;;
-    -h | --help) bad_usage 20 ;;
+    --audit) AUDIT=1 ;;
+    -h | --help) bad_usage 24 ;;
     up | down | env | status)
-      [[ -z $CMD ]] || bad_usage 20
+      [[ -z $CMD ]] || bad_usage 24
       CMD=$1 ;;
-    *) log "unknown argument: $1"; bad_usage 20 ;;
+    *) log "unknown argument: $1"; bad_usage 24 ;;
   esac
 }
 parse_options cluster_sh_option "$@"
-[[ -n $CMD ]] || bad_usage 20
+[[ -n $CMD ]] || bad_usage 24
 check_name
 [[ $NODES =~ ^[0-9]+$ ]] || die "--nodes must be a number"
 
@@ -177,6 +183,28 @@ write_kwok_config() {
   done
 }
 
+# The audit policy: every write, except those of the cluster's own components, at Metadata
+# level (who, which user agent, what, when, the answer); writes of Leases with their response
+# (the holder). Reads are not logged.
+write_audit_policy() {
+  cat >"$STATE/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    users: ["kwok", "system:kube-scheduler", "system:kube-controller-manager", "system:apiserver"]
+  - level: None
+    userGroups: ["system:serviceaccounts", "system:nodes"]
+  - level: RequestResponse
+    verbs: ["create", "update", "patch", "delete"]
+    resources: [{ group: "coordination.k8s.io", resources: ["leases"] }]
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+EOF
+}
+
 write_cluster_env() {
   cat >"$STATE/cluster.env" <<EOF
 NAME=$NAME
@@ -273,7 +301,14 @@ cmd_up() {
     --log-level=warn
   wait_until "etcd to accept connections" 30 etcd port_in_use "$ETCD_PORT"
 
+  local audit_args=()
+  if ((AUDIT)) || [[ -f $STATE/audit-policy.yaml ]]; then
+    write_audit_policy
+    audit_args=(--audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$STATE/audit.log"
+      --audit-log-maxsize=4096 --audit-log-mode=blocking)
+  fi
   start kube-apiserver "$BIN_KUBE_APISERVER" \
+    "${audit_args[@]}" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \

@@ -4,8 +4,9 @@
 # its property tests, CRD drift, HTTP endpoints), so a logic error fails in seconds. Then it
 # brings up a local control plane (cluster `ci` unless --name or $DATAJOB_TEST_CLUSTER says
 # otherwise; built first when needed), runs every other tests/ target with KUBECONFIG and the
-# alice/bob kubeconfigs exported, and always brings the cluster down again. Exits non-zero on
-# any failure; on failure the cluster's logs are kept in target/cluster-logs/NAME.
+# alice/bob kubeconfigs exported, and always brings the cluster down again. Last, a small chaos
+# run (hack/chaos.sh, CHAOS_ARGS below) on a fresh cluster. Exits non-zero on any failure; on
+# failure the cluster's logs are kept in target/cluster-logs/NAME.
 # tests/real_node also needs the real node (hack/real-node.sh: kubelet, containerd, the
 # project's images; needs root): it is added after the cluster and taken down with it.
 # --no-real-node leaves the node and tests/real_node out.
@@ -27,8 +28,12 @@ cd "$ROOT"
 # shellcheck source-path=SCRIPTDIR
 source "$ROOT/hack/lib/common.sh"
 
-# tests/ targets that need no cluster; every other one runs against the cluster.
-PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input api_reference operator_binary jobs_api_openapi)
+# tests/ targets that need no cluster; every other one runs against the cluster, except the
+# chaos run (tests/chaos, a tool started by hack/chaos.sh), which runs last in its small
+# configuration CHAOS_ARGS on a fresh cluster of the same name and ports.
+PURE_TESTS=(state_machine crd_drift http_endpoints tenant_input api_reference operator_binary
+  jobs_api_openapi chaos_checks)
+CHAOS_ARGS=(--jobs 20 --kills 2 --seed 5)
 
 NAME=${DATAJOB_TEST_CLUSTER:-ci}
 CARGO_ARGS=()
@@ -37,7 +42,7 @@ test_option() {
   case $1 in
     --) CARGO_ARGS=("${@:2}"); OPTION_ARGS=$# ;;
     --no-real-node) REAL_NODE=0; OPTION_ARGS=1 ;;
-    -h | --help) usage 22; exit 0 ;;
+    -h | --help) usage 23; exit 0 ;;
     *) echo "unknown argument: $1 (cargo test arguments go after --)" >&2; exit 2 ;;
   esac
 }
@@ -57,6 +62,7 @@ CLUSTER_TESTS=()
 for f in tests/*.rs tests/*/main.rs; do
   [[ -f $f ]] || continue
   t=${f#tests/}; t=${t%.rs}; t=${t%/main}
+  [[ $t == chaos ]] && continue
   is_pure "$t" && continue
   [[ $t == real_node ]] && ((!REAL_NODE)) && continue
   CLUSTER_TESTS+=("$t")
@@ -219,6 +225,18 @@ cargo test --no-run "${cluster_args[@]}"
 phase "cargo build (cluster tests)"
 cluster_up
 ((!REAL_NODE)) || real_node_up
-log "running the cluster tests: cargo test ${cluster_args[*]}"
-cargo test "${cluster_args[@]}"
+# --no-fail-fast: one run reports every failing target, not only the first.
+log "running the cluster tests: cargo test --no-fail-fast ${cluster_args[*]}"
+cargo test --no-fail-fast "${cluster_args[@]}"
 phase "cluster tests"
+# The cluster tests' cluster goes first (its real node with it: `cluster.sh down` takes it down
+# before the API server): the chaos run wants a fresh one with an audit log.
+"${CLUSTER[@]}" down
+CLUSTER_STARTED=0
+REAL_NODE_STARTED=0
+phase "cluster down"
+log "chaos run: hack/chaos.sh ${CHAOS_ARGS[*]}"
+chaos=("$ROOT/hack/chaos.sh" --name "$NAME" "${CHAOS_ARGS[@]}")
+[[ -z ${PORT_BASE:-} ]] || chaos+=(--port-base "$PORT_BASE")
+"${chaos[@]}"
+phase "chaos run (small)"

@@ -12,8 +12,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use datajob_operator::api::{ComputePool, DataJob, JobState};
 use datajob_operator::executor;
 use futures::future::join_all;
@@ -435,6 +433,16 @@ async fn api_server_refuses_bad_datajobs_naming_the_field() {
             "spec.activeDeadlineSeconds",
         ),
         job_case(
+            "start timeout 0",
+            json!({ "startTimeoutSeconds": 0 }),
+            "spec.startTimeoutSeconds",
+        ),
+        job_case(
+            "start timeout over a day",
+            json!({ "startTimeoutSeconds": 86_401 }),
+            "spec.startTimeoutSeconds",
+        ),
+        job_case(
             "negative TTL",
             json!({ "ttlSecondsAfterFinished": -1 }),
             "spec.ttlSecondsAfterFinished",
@@ -503,6 +511,12 @@ async fn api_server_refuses_bad_computepools_naming_the_field() {
             "bad-pool",
             json!({ "maxConcurrentJobs": 100_001 }),
             "spec.maxConcurrentJobs",
+        ),
+        pool(
+            "pool start timeout 0",
+            "bad-pool",
+            json!({ "startTimeoutSeconds": 0 }),
+            "spec.startTimeoutSeconds",
         ),
         pool(
             "unknown clusterType",
@@ -672,6 +686,11 @@ async fn api_server_refuses_bad_updates_naming_the_field() {
             "a deadline added",
             json!({ "spec": { "activeDeadlineSeconds": 60 } }),
             "spec.activeDeadlineSeconds is immutable",
+        ),
+        (
+            "a start timeout added",
+            json!({ "spec": { "startTimeoutSeconds": 60 } }),
+            "spec.startTimeoutSeconds is immutable",
         ),
         (
             "a TTL beyond a year",
@@ -1054,32 +1073,70 @@ async fn a_pod_squatting_on_the_executor_name_is_never_adopted() {
     ns.cleanup().await;
 }
 
-/// Needs issue 8 (`ExecutorStartFailed` for waiting reasons and unschedulable pods).
+/// An executor the scheduler cannot place (it asks for more CPU than any node has) is shown
+/// on the job (Warning event and Reconciling reason `ExecutorWaiting`, naming the pod and the
+/// scheduler's message) until `startTimeoutSeconds`, then the job fails with
+/// `ExecutorStartFailed` and its pods are deleted.
 #[tokio::test]
-#[ignore = "needs issue 8: pending executors that cannot start fail with ExecutorStartFailed"]
 async fn requests_above_every_nodes_capacity_fail_the_job() {
     let client = admin_client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "too-big").await;
     let operator = Operator::start(ns.name());
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     let job = job(
         "too-big",
-        json!({ "executor": { "resources": { "requests": { "cpu": "100000" } } } }),
+        json!({
+            "executor": { "resources": { "requests": { "cpu": "100000" } } },
+            "startTimeoutSeconds": 20,
+        }),
     );
-    jobs.create(&PostParams::default(), &job)
+    let job = jobs
+        .create(&PostParams::default(), &job)
         .await
         .expect("create");
-    let failed = wait_for(&jobs, "too-big", Duration::from_secs(300), |j| {
+    let waiting = wait_for(&jobs, "too-big", STEP, |j| {
+        j.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Reconciling" && c.reason == "ExecutorWaiting")
+        })
+    })
+    .await;
+    let reconciling = waiting.status.expect("status").conditions;
+    let message = &reconciling
+        .iter()
+        .find(|c| c.type_ == "Reconciling")
+        .expect("Reconciling")
+        .message;
+    assert!(
+        message.contains("-driver: Unschedulable:") && message.contains("Insufficient cpu"),
+        "{message}"
+    );
+    let failed = wait_for(&jobs, "too-big", STEP, |j| {
         j.status.as_ref().and_then(|s| s.state) == Some(JobState::Failed)
     })
     .await;
-    assert_eq!(
-        failed
-            .status
-            .and_then(|s| s.failures.last().map(|f| f.reason.clone())),
-        Some("ExecutorStartFailed".to_string())
+    let failure = failed
+        .status
+        .and_then(|s| s.failures.last().cloned())
+        .expect("a failure");
+    assert_eq!(failure.reason, "ExecutorStartFailed");
+    assert!(
+        failure.message.contains("within 20 s") && failure.message.contains("Unschedulable"),
+        "{}",
+        failure.message
     );
+    let events = events_for(&client, ns.name(), "too-big").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ExecutorWaiting")
+                && e.type_.as_deref() == Some("Warning")),
+        "a Warning event names the cause: {events:?}"
+    );
+    wait_pods_gone(&pods, &job, |_| true).await;
     drop(operator);
     ns.cleanup().await;
 }

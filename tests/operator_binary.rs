@@ -1,7 +1,8 @@
 //! The operator binary as a user and a kubelet run it, without a cluster: flags after `run`,
 //! an environment variable for every flag, plain logs off a terminal, the start-up check for
 //! the CRDs (against a tiny fake API server), and a bounded shutdown with the API server gone
-//! (a real process pointed at a dead port, stopped with SIGTERM).
+//! (a real process pointed at a dead port, stopped with SIGTERM). And `datajob-operator api`
+//! serving HTTPS with a certificate made by openssl, checked with curl.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -333,4 +334,104 @@ fn user_guide_flag_table_matches_the_binary() {
         .collect();
     from_guide.sort();
     assert_eq!(from_guide, from_help);
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, made with openssl in `dir`.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// `curl` with the certificate as its only trust anchor; the body, or None when it fails.
+fn curl(ca: &Path, url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["--silent", "--fail", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `datajob-operator api` with `--tls-cert/--tls-key` serves HTTPS (and only HTTPS) with that
+/// certificate; a file that is not a certificate stops it with a clear error.
+#[test]
+fn jobs_api_serves_https_with_the_given_certificate() {
+    let dir = scratch("api-tls");
+    let config = kubeconfig(&dir, &format!("https://127.0.0.1:{}", dead_port()));
+    let (cert, key) = self_signed(&dir);
+    let port = dead_port();
+    let log = dir.join("api.log");
+    let mut api = operator(&config, &["api", "--log-format", "json", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the api starts");
+    wait_log(&log, "serving the Jobs API", EXIT_WITHIN);
+    let https = format!("https://127.0.0.1:{port}");
+    assert_eq!(
+        curl(&cert, &format!("{https}/healthz")).as_deref(),
+        Some("ok")
+    );
+    let document = curl(&cert, &format!("{https}/v1/openapi.json")).expect("the document");
+    let document: serde_json::Value = serde_json::from_str(&document).expect("JSON");
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{document}"
+    );
+    assert_eq!(
+        curl(&cert, &format!("http://127.0.0.1:{port}/healthz")),
+        None,
+        "plain HTTP"
+    );
+    sigterm(&api);
+    assert!(wait_exit(&mut api, EXIT_WITHIN).success());
+
+    // A key file given as the certificate: refused at start, naming the problem.
+    let out = operator(&config, &["api", "--tls-cert"])
+        .arg(&key)
+        .arg("--tls-key")
+        .arg(&key)
+        .args(["--http-addr", "127.0.0.1:0"])
+        .output()
+        .expect("the api runs");
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("no PEM certificate in the TLS certificate file"),
+        "{text}"
+    );
 }

@@ -27,7 +27,8 @@ use serde_json::{Value, json};
 use support::*;
 
 /// Serves the DataJob CRD with a spec schema that keeps anything (only the selectable fields
-/// stay typed), so objects the strict schema refuses can be stored.
+/// stay typed: the API server requires them in the schema), so objects the strict schema
+/// refuses can be stored.
 async fn serve_loose_schema(client: &Client) {
     let mut crd = serde_json::to_value(DataJob::crd()).expect("CRD as JSON");
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] = json!({
@@ -36,6 +37,7 @@ async fn serve_loose_schema(client: &Client) {
         "properties": {
             "dataPlane": { "type": "string" },
             "computePool": { "type": "string" },
+            "type": { "type": "string" },
         },
     });
     let crd: CustomResourceDefinition = serde_json::from_value(crd).expect("CRD");

@@ -156,6 +156,12 @@ fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
                 files.cert.display()
             )
         })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "no PEM certificate in the TLS certificate file {}",
+            files.cert.display()
+        ));
+    }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| format!("failed to read the TLS key {}: {e}", files.key.display()))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
