@@ -450,11 +450,9 @@ async fn helm_installs_the_operator_image_on_the_real_node_and_it_reconciles() {
     ns.cleanup().await;
 }
 
-// A standby replica is not Ready until it holds the Lease, and the chart's rolling update keeps
-// the old pod (the holder) until the new one is Ready: issue 8 fixes it (readiness = caches
-// synced, leader or not).
+// The chart's rolling update keeps the old pod (the Lease holder) until the new one is Ready:
+// the new pod, a standby, must become Ready with its caches synced, before it leads (issue 8).
 #[tokio::test]
-#[ignore = "needs issue 8's standby readiness; the rollout deadlocks today"]
 async fn helm_upgrade_to_a_second_tag_rolls_the_operator_on_the_real_node() {
     let _serial = SERIAL.lock().await;
     let real = RealNode::from_env();
