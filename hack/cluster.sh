@@ -3,7 +3,10 @@
 # kube-controller-manager, kube-scheduler and kwok (fake nodes and the kubelet's pod lifecycle).
 # Binaries are built from their Go modules into a cache folder on first use.
 #
-#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] [--audit] up|down|env|status
+#   hack/cluster.sh [--name NAME] [--port-base PORT] [--nodes N] [--audit] [--real-node]
+#                   up|down|env|status
+#
+#   --real-node  with up: also add the real node (hack/real-node.sh up); down always removes it
 #
 #   up      build what is missing, start the cluster (a running one is left as it is), wait
 #           until it is ready and print how to use it
@@ -16,8 +19,9 @@
 # $DATAJOB_PORT_BASE is given, the ports: dev 16400, ci 16500, any other name 17000 + 10 * (cksum
 # of the name mod 300). Ports: base+0 kube-apiserver, +1 etcd client, +2 etcd peer,
 # +3 kube-controller-manager, +4 kube-scheduler, +5 kwok. See docs/control-plane.md.
-# --audit (or DATAJOB_AUDIT=1): the API server writes every write request (not get/list/watch,
-# not leases) as a JSON line to STATE/audit.log; `env` exports its path as DATAJOB_AUDIT_LOG.
+# --audit: the API server writes an audit log (STATE/audit.log: every write at Metadata level,
+# Lease writes with their response; hack/chaos.sh reads it); a cluster started with it keeps it
+# when `up` restarts a stopped API server.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 
@@ -33,28 +37,26 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 NAME=${DATAJOB_CLUSTER:-dev}
 NODES=${DATAJOB_NODES:-6}
+REAL_NODE=0
 AUDIT=${DATAJOB_AUDIT:-0}
 CMD=""
-bad_usage() {
-  usage 21 >&2
-  exit 2
-}
 cluster_sh_option() {
   OPTION_ARGS=1
   case $1 in
     --nodes) NODES=${2:?--nodes needs a value}; OPTION_ARGS=2 ;;
     --nodes=*) NODES=${1#*=} ;;
+    --real-node) REAL_NODE=1 ;;
     --audit) AUDIT=1 ;;
-    -h | --help) bad_usage ;;
+    -h | --help) bad_usage 24 ;;
     up | down | env | status)
-      [[ -z $CMD ]] || bad_usage
+      [[ -z $CMD ]] || bad_usage 24
       CMD=$1 ;;
-    *) log "unknown argument: $1"; bad_usage ;;
+    *) log "unknown argument: $1"; bad_usage 24 ;;
   esac
 }
 parse_options cluster_sh_option "$@"
-[[ -n $CMD ]] || bad_usage
-[[ $NAME =~ ^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$ ]] || die "cluster name '$NAME' must be a short DNS label"
+[[ -n $CMD ]] || bad_usage 24
+check_name
 [[ $NODES =~ ^[0-9]+$ ]] || die "--nodes must be a number"
 
 STATE=$(state_dir "$NAME")
@@ -181,6 +183,28 @@ write_kwok_config() {
   done
 }
 
+# The audit policy: every write, except those of kwok, the scheduler, the API server and nodes,
+# at Metadata level (the controller-manager's stay: hack/bench.sh compares its Job controller) (who, which user agent, what, when, the answer); writes of Leases with their response
+# (the holder). Reads are not logged.
+write_audit_policy() {
+  cat >"$STATE/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    users: ["kwok", "system:kube-scheduler", "system:apiserver"]
+  - level: None
+    userGroups: ["system:nodes"]
+  - level: RequestResponse
+    verbs: ["create", "update", "patch", "delete"]
+    resources: [{ group: "coordination.k8s.io", resources: ["leases"] }]
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+EOF
+}
+
 write_cluster_env() {
   cat >"$STATE/cluster.env" <<EOF
 NAME=$NAME
@@ -235,22 +259,6 @@ status:
 EOF
 }
 
-# Write requests only (reads and leases would drown them), at the Metadata level: who did
-# what to which object, and the response code.
-write_audit_policy() {
-  cat >"$STATE/audit-policy.yaml" <<EOF
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-- level: None
-  verbs: [get, list, watch]
-- level: None
-  resources: [{group: coordination.k8s.io, resources: [leases]}]
-- level: Metadata
-EOF
-}
-
 cmd_up() {
   local t0=$SECONDS c
   trap '(($? == 0)) || log "up failed; logs are in $LOGS; clean up with: hack/cluster.sh --name $NAME down"' EXIT
@@ -293,14 +301,14 @@ cmd_up() {
     --log-level=warn
   wait_until "etcd to accept connections" 30 etcd port_in_use "$ETCD_PORT"
 
-  local audit_flags=()
-  if ((AUDIT)); then
+  local audit_args=()
+  if ((AUDIT)) || [[ -f $STATE/audit-policy.yaml ]]; then
     write_audit_policy
-    audit_flags=(--audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$STATE/audit.log"
-      --audit-log-format=json --audit-log-maxbackup=0 --audit-log-maxsize=0)
+    audit_args=(--audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$STATE/audit.log"
+      --audit-log-maxsize=4096 --audit-log-mode=blocking)
   fi
   start kube-apiserver "$BIN_KUBE_APISERVER" \
-    "${audit_flags[@]}" \
+    "${audit_args[@]}" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
@@ -372,6 +380,9 @@ cmd_up() {
     kubectl_admin get serviceaccount default -n default
 
   log "cluster '$NAME' is up after $((SECONDS - t0))s: $SERVER, state in $STATE"
+  if ((REAL_NODE)); then
+    "$ROOT/hack/real-node.sh" --name "$NAME" up
+  fi
   cat >&2 <<EOF
 
 Use it with:
@@ -448,6 +459,8 @@ cmd_status() {
 }
 
 cmd_down() {
+  # The real node first, while the API server can still delete its pods and Node object.
+  "$ROOT/hack/real-node.sh" --name "$NAME" down
   if [[ ! -d $STATE ]]; then
     log "cluster '$NAME' is not up (no $STATE)"
     return 0

@@ -3,7 +3,10 @@
 # CRDs, the operator, the sample jobs from examples/, a completion and a cancellation you can
 # watch. The cluster and the operator keep running afterwards so you can try things.
 #
-#   hack/demo.sh [--name NAME] [--port-base PORT]          run the demo (cluster `dev`)
+#   hack/demo.sh [--name NAME] [--port-base PORT]          run the demo (cluster `dev`; after
+#                                                          `hack/real-node.sh up`, a real
+#                                                          executor container is also run
+#                                                          and cancelled)
 #   hack/demo.sh [--name NAME] [--port-base PORT] down     stop the operator (by its recorded
 #                                                          pid) and the cluster
 #
@@ -21,7 +24,7 @@ CMD=demo
 demo_option() {
   case $1 in
     down) CMD=down; OPTION_ARGS=1 ;;
-    -h | --help) usage 12; exit 0 ;;
+    -h | --help) usage 15; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 }
@@ -93,6 +96,50 @@ say "events of the cancelled job"
 kubectl get events -n "$NS" --field-selector "involvedObject.name=$DEDICATED" \
   --sort-by=.metadata.creationTimestamp -o custom-columns=TIME:.metadata.creationTimestamp,REASON:.reason,MESSAGE:.message
 say "executor pods left of the cancelled job: $(kubectl get pods -n "$NS" -l "datajob.dev/job-name=$DEDICATED" --no-headers 2>/dev/null | wc -l)"
+
+# With a real node (hack/real-node.sh --name NAME up), a job runs the reference executor in a
+# real container: its log shows the work, then SIGTERM arriving on cancellation.
+if "$ROOT/hack/real-node.sh" --name "$NAME" status >/dev/null 2>&1; then
+  eval "$("$ROOT/hack/real-node.sh" --name "$NAME" env)"
+  say "the real node $DATAJOB_REAL_NODE: the reference executor in a real container"
+  kubectl apply -f - <<EOF
+apiVersion: datajob.dev/v1alpha1
+kind: ComputePool
+metadata: { name: real-node }
+spec:
+  clusterType: shared
+  nodeSelector: { datajob.dev/node-kind: real }
+  tolerations: [{ key: datajob.dev/node-kind, operator: Equal, value: real, effect: NoSchedule }]
+EOF
+  kubectl apply -n "$NS" -f - <<EOF
+apiVersion: datajob.dev/v1alpha1
+kind: DataJob
+metadata: { name: real-executor }
+spec:
+  type: materialize-view
+  dataPlane: demo
+  computePool: real-node
+  input: { nql: "SELECT visits FROM presence", datasetId: 6404 }
+  executor:
+    image: $DATAJOB_EXECUTOR_IMAGE
+    terminationGracePeriodSeconds: 30
+    env:
+      - { name: EXECUTOR_WORK_SECONDS, value: "600" }
+      - { name: EXECUTOR_SHUTDOWN_SECONDS, value: "2" }
+EOF
+  kubectl wait -n "$NS" --for=jsonpath='{.status.state}'=running dj/real-executor --timeout=120s
+  REAL_DRIVER=$(kubectl get dj -n "$NS" real-executor -o jsonpath='{.status.executor}')-driver
+  kubectl get pod -n "$NS" "$REAL_DRIVER" -o wide
+  kubectl logs -n "$NS" -f "$REAL_DRIVER" &
+  LOGS=$!
+  sleep 4
+  say "cancelling it: the process gets SIGTERM, stops in 2 s, the job is cancelled once the pod is gone"
+  started=$SECONDS
+  kubectl patch dj -n "$NS" real-executor --type merge -p '{"spec":{"cancel":true,"cancelReason":"demo"}}'
+  kubectl wait -n "$NS" --for=jsonpath='{.status.state}'=cancelled dj/real-executor --timeout=120s
+  wait "$LOGS" 2>/dev/null || true
+  echo "cancel -> cancelled in $((SECONDS - started)) s (grace period 30 s)"
+fi
 
 cat <<EOF
 

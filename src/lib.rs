@@ -2,13 +2,16 @@
 //!
 //! The crate is a library with a thin binary. [`api`] holds the custom resources,
 //! [`domain`] the pure core (every decision: the state machine, admission, conditions, pool
-//! status), [`controller`] the kube glue around it (watches, observe -> decide -> apply ->
-//! status), [`executor`] the executor pods and the contract with the executor image,
-//! [`telemetry`] logs and metrics, [`http`] the metrics and health endpoints, [`leader`]
-//! leader election, [`plugin`] the kubectl plugin, and [`jobs_api`] the seed's Jobs REST API
-//! served over DataJobs (`datajob-operator api`).
+//! status), [`controller`] the kube glue around it (caches every replica keeps, watches,
+//! observe -> decide -> apply -> status), [`executor`] the executor pods and the contract with
+//! the executor image, [`telemetry`] logs and metrics, [`http`] the metrics and health
+//! endpoints, [`leader`] leader election, [`client`] the API clients (user agent per instance;
+//! writes fenced by the leader Lease), [`plugin`] the kubectl plugin, [`jobs_api`] the seed's
+//! Jobs REST API served over DataJobs (`datajob-operator api`), and [`reference_executor`] the
+//! reference executor image's program (`datajob-executor`).
 
 pub mod api;
+pub mod client;
 pub mod controller;
 pub mod domain;
 pub mod executor;
@@ -18,6 +21,7 @@ pub mod leader;
 pub mod plugin;
 pub mod probe;
 pub mod reference;
+pub mod reference_executor;
 pub mod startup;
 pub mod telemetry;
 

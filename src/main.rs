@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use datajob_operator::leader::LeaderElector;
+use datajob_operator::leader::{Fence, LeaderElector, Timing};
 use datajob_operator::telemetry::{self, LogFormat, Metrics};
-use datajob_operator::{api, controller, http, jobs_api, probe, reference, startup};
+use datajob_operator::{api, client, controller, http, jobs_api, probe, reference, startup};
 use tracing::{error, info};
 
 /// How logging is configured, shown in `--help`.
@@ -94,7 +94,7 @@ struct RunArgs {
     #[arg(
         long,
         env = "DATAJOB_EXECUTOR_IMAGE",
-        default_value = "ghcr.io/datajob-dev/executor:0.1.0"
+        default_value = "ghcr.io/datajob-dev/datajob-executor:0.1.0"
     )]
     executor_image: String,
     /// An image prefix executor pods may use (repeatable, or comma-separated in the variable).
@@ -179,28 +179,17 @@ fn print_crds() -> ExitCode {
     }
 }
 
-/// The Kubernetes client from the kubeconfig or the pod's service account, identified to the
-/// API server (audit log, request metrics) by the user agent `datajob-operator/VERSION`.
-async fn client() -> kube::Result<kube::Client> {
-    let mut config = kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)?;
-    let agent = concat!("datajob-operator/", env!("CARGO_PKG_VERSION"));
-    config.headers.push((
-        axum::http::header::USER_AGENT,
-        axum::http::HeaderValue::from_static(agent),
-    ));
-    kube::Client::try_from(config)
-}
-
 async fn run(args: RunArgs) -> ExitCode {
     telemetry::init_logging(args.log_format);
-    let client = match client().await {
-        Ok(client) => client,
-        Err(e) => {
-            error!(error = %e, "failed to build a Kubernetes client (kubeconfig or in-cluster config)");
-            return ExitCode::FAILURE;
-        }
+    let instance = args.instance.clone().unwrap_or_else(default_identity);
+    // Writes of the controllers go through the fence; the elector's own client is not fenced.
+    let fence = if args.leader_election {
+        Fence::closed()
+    } else {
+        Fence::open()
+    };
+    let Some((client, election_client)) = clients(&instance, &fence).await else {
+        return ExitCode::FAILURE;
     };
     let metrics = Arc::new(Metrics::default());
     exit_after_grace_on_signal(Duration::from_secs(args.shutdown_timeout_seconds));
@@ -216,8 +205,7 @@ async fn run(args: RunArgs) -> ExitCode {
     if !serve_endpoints(args.http_addr, health).await {
         return ExitCode::FAILURE;
     }
-    let instance = args.instance.clone().unwrap_or_else(default_identity);
-    let elector = leader_elector(&args, &client, &instance);
+    let elector = leader_elector(&args, election_client, &instance, fence);
     let config = controller::Config {
         namespace: args.namespace,
         data_plane: args.data_plane,
@@ -226,31 +214,41 @@ async fn run(args: RunArgs) -> ExitCode {
         instance: Some(instance.clone()),
         allowed_image_prefixes: args.allowed_image_prefixes,
     };
+    // Every replica keeps its caches, leader or not: ready means "this process can serve".
+    let (caches, undecodable) = controller::Caches::start(&client, &config);
+    tokio::spawn(mark_ready(caches.clone(), ready));
     if let Some(elector) = &elector {
         info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");
         tokio::select! {
-            () = elector.acquire() => metrics.set_leader(true),
+            () = elector.acquire(|_| {}) => metrics.set_leader(true),
             () = startup::shutdown_signal() => return ExitCode::SUCCESS,
         }
     } else {
         metrics.set_leader(true);
     }
-    let leader_metrics = metrics.clone();
     info!(namespace = ?config.namespace, data_plane = ?config.data_plane, "starting the DataJob controller");
-    let controllers = controller::run(client, config, metrics, move || {
-        ready.store(true, Ordering::Relaxed)
-    });
-    match &elector {
+    let controllers = controller::run(client, config, metrics.clone(), caches, undecodable);
+    lead(elector.as_ref(), controllers, &metrics).await
+}
+
+/// Runs `controllers` until a shutdown signal, or, with leader election, until leadership is
+/// lost (then the process exits non-zero, and its restart stands by).
+async fn lead(
+    elector: Option<&LeaderElector>,
+    controllers: impl Future<Output = ()>,
+    metrics: &Metrics,
+) -> ExitCode {
+    match elector {
         None => controllers.await,
         Some(elector) => {
             tokio::select! {
                 () = controllers => {
                     elector.release().await;
-                    leader_metrics.set_leader(false);
+                    metrics.set_leader(false);
                 }
                 lost = elector.keep() => {
-                    leader_metrics.set_leader(false);
-                    error!(error = %lost, "stopping: another replica may lead now");
+                    metrics.set_leader(false);
+                    error!(error = %lost, "stopped leading; exiting so that a fresh process stands by");
                     return ExitCode::FAILURE;
                 }
             }
@@ -260,15 +258,45 @@ async fn run(args: RunArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The controllers' client (writes fenced by `fence`) and the leader elector's (not fenced),
+/// both with this instance's user agent; None (logged) when no configuration is found.
+async fn clients(instance: &str, fence: &Fence) -> Option<(kube::Client, kube::Client)> {
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(e) => {
+            error!(error = %e, "failed to load a Kubernetes client configuration (kubeconfig or in-cluster)");
+            return None;
+        }
+    };
+    let clients = client::build(config.clone(), instance, Some(fence.clone()))
+        .and_then(|fenced| Ok((fenced, client::build(config, instance, None)?)));
+    clients
+        .inspect_err(|e| error!(error = %e, "failed to build a Kubernetes client"))
+        .ok()
+}
+
+/// Turns readiness on once every cache has listed its objects.
+async fn mark_ready(caches: controller::Caches, ready: Arc<AtomicBool>) {
+    caches.wait_synced().await;
+    info!("caches synced; ready");
+    ready.store(true, Ordering::Release);
+}
+
 /// The candidate in the leader election, when `--leader-election` asks for one.
-fn leader_elector(args: &RunArgs, client: &kube::Client, instance: &str) -> Option<LeaderElector> {
+fn leader_elector(
+    args: &RunArgs,
+    client: kube::Client,
+    instance: &str,
+    fence: Fence,
+) -> Option<LeaderElector> {
     args.leader_election.then(|| {
         LeaderElector::new(
-            client.clone(),
+            client,
             &args.lease_namespace,
             &args.lease_name,
             instance,
-            Duration::from_secs(args.lease_duration_seconds.max(3)),
+            Timing::for_lease_duration(Duration::from_secs(args.lease_duration_seconds)),
+            fence,
         )
     })
 }

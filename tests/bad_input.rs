@@ -12,12 +12,10 @@
 
 mod support;
 
-use std::time::Duration;
-
 use datajob_operator::api::{ComputePool, DataJob, JobState};
 use datajob_operator::executor;
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -435,6 +433,16 @@ async fn api_server_refuses_bad_datajobs_naming_the_field() {
             "spec.activeDeadlineSeconds",
         ),
         job_case(
+            "start timeout 0",
+            json!({ "startTimeoutSeconds": 0 }),
+            "spec.startTimeoutSeconds",
+        ),
+        job_case(
+            "start timeout over a day",
+            json!({ "startTimeoutSeconds": 86_401 }),
+            "spec.startTimeoutSeconds",
+        ),
+        job_case(
             "negative TTL",
             json!({ "ttlSecondsAfterFinished": -1 }),
             "spec.ttlSecondsAfterFinished",
@@ -503,6 +511,12 @@ async fn api_server_refuses_bad_computepools_naming_the_field() {
             "bad-pool",
             json!({ "maxConcurrentJobs": 100_001 }),
             "spec.maxConcurrentJobs",
+        ),
+        pool(
+            "pool start timeout 0",
+            "bad-pool",
+            json!({ "startTimeoutSeconds": 0 }),
+            "spec.startTimeoutSeconds",
         ),
         pool(
             "unknown clusterType",
@@ -672,6 +686,11 @@ async fn api_server_refuses_bad_updates_naming_the_field() {
             "a deadline added",
             json!({ "spec": { "activeDeadlineSeconds": 60 } }),
             "spec.activeDeadlineSeconds is immutable",
+        ),
+        (
+            "a start timeout added",
+            json!({ "spec": { "startTimeoutSeconds": 60 } }),
+            "spec.startTimeoutSeconds is immutable",
         ),
         (
             "a TTL beyond a year",
@@ -1054,32 +1073,131 @@ async fn a_pod_squatting_on_the_executor_name_is_never_adopted() {
     ns.cleanup().await;
 }
 
-/// Needs issue 8 (`ExecutorStartFailed` for waiting reasons and unschedulable pods).
+/// A namespace whose ResourceQuota allows no pod: the refused create (403) is shown on the job
+/// (`ExecutorWaiting`, the quota's message) and the job fails with `ExecutorStartFailed` at its
+/// start timeout, giving its slot back.
 #[tokio::test]
-#[ignore = "needs issue 8: pending executors that cannot start fail with ExecutorStartFailed"]
+async fn a_used_up_quota_is_shown_and_fails_the_job_at_its_start_timeout() {
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "no-room").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns.name());
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": { "name": "no-pods" },
+        "spec": { "hard": { "pods": "0" } },
+    }))
+    .expect("quota");
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("create the quota");
+    // Enforced once the quota controller has counted the namespace.
+    wait_for(&quotas, "no-pods", STEP, |q: &ResourceQuota| {
+        q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some()
+    })
+    .await;
+    let operator = Operator::start(ns.name());
+    let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
+    jobs.create(
+        &PostParams::default(),
+        &job("no-room", json!({ "startTimeoutSeconds": 15 })),
+    )
+    .await
+    .expect("create");
+    let waiting = wait_for(&jobs, "no-room", STEP, |j| {
+        j.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Reconciling" && c.reason == "ExecutorWaiting")
+        })
+    })
+    .await;
+    let conditions = waiting.status.expect("status").conditions;
+    let reconciling = conditions.iter().find(|c| c.type_ == "Reconciling");
+    let message = &reconciling.expect("Reconciling").message;
+    assert!(message.contains("exceeded quota: no-pods"), "{message}");
+    let failed = wait_for(&jobs, "no-room", STEP, |j| {
+        j.status.as_ref().and_then(|s| s.state) == Some(JobState::Failed)
+    })
+    .await;
+    let failure = failed
+        .status
+        .and_then(|s| s.failures.last().cloned())
+        .expect("a failure");
+    assert_eq!(failure.reason, "ExecutorStartFailed");
+    assert!(
+        failure.message.contains("within 15 s") && failure.message.contains("exceeded quota"),
+        "{}",
+        failure.message
+    );
+    drop(operator);
+    ns.cleanup().await;
+}
+
+/// An executor the scheduler cannot place (it asks for more CPU than any node has) is shown
+/// on the job (Warning event and Reconciling reason `ExecutorWaiting`, naming the pod and the
+/// scheduler's message) until `startTimeoutSeconds`, then the job fails with
+/// `ExecutorStartFailed` and its pods are deleted.
+#[tokio::test]
 async fn requests_above_every_nodes_capacity_fail_the_job() {
     let client = admin_client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "too-big").await;
     let operator = Operator::start(ns.name());
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     let job = job(
         "too-big",
-        json!({ "executor": { "resources": { "requests": { "cpu": "100000" } } } }),
+        json!({
+            "executor": { "resources": { "requests": { "cpu": "100000" } } },
+            "startTimeoutSeconds": 20,
+        }),
     );
-    jobs.create(&PostParams::default(), &job)
+    let job = jobs
+        .create(&PostParams::default(), &job)
         .await
         .expect("create");
-    let failed = wait_for(&jobs, "too-big", Duration::from_secs(300), |j| {
+    let waiting = wait_for(&jobs, "too-big", STEP, |j| {
+        j.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Reconciling" && c.reason == "ExecutorWaiting")
+        })
+    })
+    .await;
+    let reconciling = waiting.status.expect("status").conditions;
+    let message = &reconciling
+        .iter()
+        .find(|c| c.type_ == "Reconciling")
+        .expect("Reconciling")
+        .message;
+    assert!(
+        message.contains("-driver: Unschedulable:") && message.contains("Insufficient cpu"),
+        "{message}"
+    );
+    let failed = wait_for(&jobs, "too-big", STEP, |j| {
         j.status.as_ref().and_then(|s| s.state) == Some(JobState::Failed)
     })
     .await;
-    assert_eq!(
-        failed
-            .status
-            .and_then(|s| s.failures.last().map(|f| f.reason.clone())),
-        Some("ExecutorStartFailed".to_string())
+    let failure = failed
+        .status
+        .and_then(|s| s.failures.last().cloned())
+        .expect("a failure");
+    assert_eq!(failure.reason, "ExecutorStartFailed");
+    assert!(
+        failure.message.contains("within 20 s") && failure.message.contains("Unschedulable"),
+        "{}",
+        failure.message
     );
+    let events = events_for(&client, ns.name(), "too-big").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ExecutorWaiting")
+                && e.type_.as_deref() == Some("Warning")),
+        "a Warning event names the cause: {events:?}"
+    );
+    wait_pods_gone(&pods, &job, |_| true).await;
     drop(operator);
     ns.cleanup().await;
 }

@@ -8,7 +8,8 @@ use datajob_operator::api::{
     ClusterType, DataJobSpec, DataJobStatus, ExecutorSpec, JobInput, JobState, JobType,
 };
 use datajob_operator::domain::{
-    Observation, ObservedPod, Plan, PodPhase, PoolView, Reason, Termination, decide,
+    Cause, EventKind, NodeView, Observation, ObservedPod, Plan, PodPhase, PoolView, Reason,
+    Termination, decide,
 };
 use datajob_operator::executor::{self, Role};
 use jiff::Timestamp;
@@ -37,6 +38,7 @@ fn spec(cluster_type: ClusterType) -> DataJobSpec {
         cancel_reason: None,
         active_deadline_seconds: None,
         ttl_seconds_after_finished: None,
+        start_timeout_seconds: None,
     }
 }
 
@@ -58,7 +60,9 @@ impl Job {
                 status: DataJobStatus::default(),
                 pods: Vec::new(),
                 pool: PoolView::NotRequested,
+                nodes: Default::default(),
                 rejection: None,
+                create_refusal: None,
                 refusal: None,
             },
         }
@@ -155,14 +159,8 @@ impl Job {
 
 fn pod(name: &str, role: Role, phase: PodPhase) -> ObservedPod {
     ObservedPod {
-        name: name.to_string(),
         role: Some(role),
-        phase,
-        terminating: false,
-        reason: None,
-        message: None,
-        termination: None,
-        started_at: None,
+        ..ObservedPod::new(name, phase)
     }
 }
 
@@ -223,6 +221,7 @@ fn a_job_that_cannot_start_at_once_records_only_pending_first() {
         cluster_type: ClusterType::Shared,
         admitted: false,
         max_concurrent_jobs: 1,
+        start_timeout_seconds: None,
     };
     let plan = job.step();
     assert_eq!(job.state(), Some(JobState::Pending));
@@ -353,6 +352,7 @@ fn missing_pool_keeps_the_job_pending_with_a_warning_until_it_appears() {
         cluster_type: ClusterType::Dedicated,
         admitted: true,
         max_concurrent_jobs: 0,
+        start_timeout_seconds: None,
     };
     let plan = job.step();
     assert_eq!(job.obs.status.cluster_type, Some(ClusterType::Dedicated));
@@ -372,6 +372,7 @@ fn a_full_pool_queues_the_job_without_pods() {
         cluster_type: ClusterType::Shared,
         admitted: false,
         max_concurrent_jobs: 1,
+        start_timeout_seconds: None,
     };
     let plan = job.step();
     assert_eq!(reasons(&plan), ["Pending", "Queued"]);
@@ -594,6 +595,199 @@ fn an_executor_pod_the_api_server_rejects_fails_the_job() {
     assert!(job.obs.status.failures[0].message.contains("Invalid value"));
 }
 
+/// A dedicated job whose pods were created (pending) `seconds` ago.
+fn starting(seconds: i64) -> Job {
+    let mut job = Job::new(ClusterType::Dedicated);
+    job.step_and_apply();
+    job.step_and_apply();
+    job.step_and_apply();
+    job.obs.now += jiff::SignedDuration::from_secs(seconds);
+    job
+}
+
+#[test]
+fn an_image_pull_back_off_is_a_warning_and_a_condition_until_the_start_timeout() {
+    let mut job = starting(30);
+    job.driver_mut().waiting = Some(Cause {
+        reason: "ImagePullBackOff".to_string(),
+        message: "Back-off pulling image \"registry.example/nope:1\"".to_string(),
+    });
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Pending));
+    assert_eq!(reasons(&plan), ["ExecutorWaiting"]);
+    assert_eq!(plan.events[0].kind, EventKind::Warning);
+    let reconciling = job
+        .obs
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reconciling");
+    let reconciling = reconciling.expect("Reconciling");
+    assert_eq!(reconciling.reason, "ExecutorWaiting");
+    assert!(
+        reconciling.message.contains("ImagePullBackOff"),
+        "{}",
+        reconciling.message
+    );
+    assert!(
+        plan.requeue.is_some_and(|r| r <= Duration::from_secs(571)),
+        "looks again by the timeout: {:?}",
+        plan.requeue
+    );
+    let plan = job.step_and_apply();
+    assert!(plan.events.is_empty(), "the same cause is announced once");
+
+    job.obs.now += jiff::SignedDuration::from_secs(570);
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Failed));
+    let failure = &job.obs.status.failures[0];
+    assert_eq!(failure.reason, "ExecutorStartFailed");
+    assert!(
+        failure.message.contains("within 600 s"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        failure.message.contains("ImagePullBackOff"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(plan.delete.len(), 3, "every pending pod is deleted");
+    assert!(plan.create.is_empty());
+}
+
+#[test]
+fn an_invalid_image_name_fails_the_job_at_once_and_deletes_its_pods() {
+    let mut job = starting(1);
+    job.obs.pods[1].waiting = Some(Cause {
+        reason: "InvalidImageName".to_string(),
+        message: "couldn't parse image name".to_string(),
+    });
+    let plan = job.step();
+    assert_eq!(job.state(), Some(JobState::Failed));
+    assert_eq!(job.obs.status.failures[0].reason, "ExecutorStartFailed");
+    assert_eq!(plan.delete.len(), 3);
+    assert_eq!(condition(&job, "Stalled"), "True");
+}
+
+#[test]
+fn the_jobs_start_timeout_wins_over_the_pools_and_counts_from_the_recorded_executor() {
+    let mut job = starting(0);
+    job.obs.spec.start_timeout_seconds = Some(20);
+    job.obs.pool = PoolView::Present {
+        name: "p".to_string(),
+        cluster_type: ClusterType::Dedicated,
+        admitted: true,
+        max_concurrent_jobs: 0,
+        start_timeout_seconds: Some(3600),
+    };
+    let requested = job.obs.status.start_requested_at.clone().expect("recorded");
+    job.obs.now = requested.0 + jiff::SignedDuration::from_secs(19);
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Pending));
+    job.obs.now = requested.0 + jiff::SignedDuration::from_secs(20);
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Failed));
+    assert!(
+        job.obs.status.failures[0]
+            .message
+            .contains("its pods are still pending"),
+        "{}",
+        job.obs.status.failures[0].message
+    );
+}
+
+#[test]
+fn a_refused_create_is_shown_and_a_queued_job_waits_without_a_start_clock() {
+    let mut job = starting(0);
+    job.obs.pods.clear();
+    job.obs.create_refusal = Some(Cause {
+        reason: "Forbidden".to_string(),
+        message: "exceeded quota: pods".to_string(),
+    });
+    let plan = job.step();
+    assert_eq!(reasons(&plan), ["ExecutorWaiting"]);
+    assert!(!plan.create.is_empty(), "creation is retried");
+
+    let mut queued = Job::new(ClusterType::Shared);
+    queued.obs.pool = PoolView::Present {
+        name: "p".to_string(),
+        cluster_type: ClusterType::Shared,
+        admitted: false,
+        max_concurrent_jobs: 1,
+        start_timeout_seconds: Some(1),
+    };
+    queued.step_and_apply();
+    queued.obs.now += jiff::SignedDuration::from_secs(3600);
+    queued.step_and_apply();
+    assert_eq!(
+        queued.state(),
+        Some(JobState::Pending),
+        "a queued job never times out"
+    );
+    assert!(queued.obs.status.start_requested_at.is_none());
+}
+
+#[test]
+fn a_teardown_stuck_past_the_grace_period_stalls_and_a_pod_on_a_lost_node_is_force_deleted() {
+    let mut job = Job::running(ClusterType::Shared);
+    job.request_cancel();
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::PendingCancellation));
+    let deadline = job.obs.now + jiff::SignedDuration::from_secs(2);
+    for pod in &mut job.obs.pods {
+        pod.deletion_deadline = Some(deadline);
+        pod.node = Some("kwok-node-3".to_string());
+    }
+    let plan = job.step_and_apply();
+    assert_eq!(
+        condition(&job, "Stalled"),
+        "False",
+        "within the grace period"
+    );
+    assert_eq!(
+        plan.requeue,
+        Some(Duration::from_secs(33)),
+        "looks again when it would be stuck"
+    );
+
+    job.obs.now += jiff::SignedDuration::from_secs(40);
+    let plan = job.step_and_apply();
+    assert_eq!(condition(&job, "Stalled"), "True");
+    assert_eq!(reasons(&plan), ["TeardownStuck"]);
+    assert_eq!(plan.events[0].kind, EventKind::Warning);
+    let stalled = job
+        .obs
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled");
+    let message = &stalled.expect("Stalled").message;
+    assert!(message.contains("-driver on node kwok-node-3"), "{message}");
+    assert!(plan.force_delete.is_empty(), "the node's state is unknown");
+
+    job.obs
+        .nodes
+        .insert("kwok-node-3".to_string(), NodeView::Gone);
+    let plan = job.step_and_apply();
+    assert_eq!(plan.force_delete, [format!("{}-driver", job.executor())]);
+    assert!(
+        plan.events[0]
+            .message
+            .contains("node kwok-node-3 no longer exists")
+    );
+    assert_eq!(
+        job.state(),
+        Some(JobState::PendingCancellation),
+        "cancelled only once gone"
+    );
+
+    job.pods_gone();
+    job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Cancelled));
+    assert_eq!(condition(&job, "Stalled"), "False");
+}
+
 #[test]
 fn a_pool_deleted_after_admission_keeps_the_executor_and_creates_nothing_without_it() {
     let mut job = Job::new(ClusterType::Shared);
@@ -603,6 +797,7 @@ fn a_pool_deleted_after_admission_keeps_the_executor_and_creates_nothing_without
         cluster_type: ClusterType::Shared,
         admitted: true,
         max_concurrent_jobs: 0,
+        start_timeout_seconds: None,
     };
     job.step(); // the executor is recorded; its pods are not created yet
     job.obs.pool = PoolView::Missing {

@@ -30,6 +30,7 @@ fn spec() -> DataJobSpec {
         cancel_reason: None,
         active_deadline_seconds: None,
         ttl_seconds_after_finished: None,
+        start_timeout_seconds: None,
     }
 }
 
@@ -53,14 +54,9 @@ fn observed(state: JobState, started: Timestamp, now: Timestamp, spec: DataJobSp
         ..DataJobStatus::default()
     };
     let driver = ObservedPod {
-        name: format!("{executor}-driver"),
         role: Some(executor::Role::Driver),
-        phase: PodPhase::Running,
-        terminating: false,
-        reason: None,
-        message: None,
-        termination: None,
         started_at: Some(started),
+        ..ObservedPod::new(&format!("{executor}-driver"), PodPhase::Running)
     };
     Observation {
         now,
@@ -75,7 +71,9 @@ fn observed(state: JobState, started: Timestamp, now: Timestamp, spec: DataJobSp
             vec![driver]
         },
         pool: PoolView::NotRequested,
+        nodes: Default::default(),
         rejection: None,
+        create_refusal: None,
         refusal: None,
     }
 }

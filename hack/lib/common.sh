@@ -40,6 +40,17 @@ parse_options() {
 # usage LAST_LINE: prints the calling script's header comment (lines 2 to LAST_LINE).
 usage() { sed -n "2,${1}s/^# \{0,1\}//p" "$0"; }
 
+# bad_usage LAST_LINE: the header comment on stderr, exit 2.
+bad_usage() {
+  usage "$1" >&2
+  exit 2
+}
+
+# check_name: dies unless NAME is a short DNS label (it names folders, nodes and links).
+check_name() {
+  [[ $NAME =~ ^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$ ]] || die "cluster name '$NAME' must be a short DNS label"
+}
+
 # cluster_command [EXTRA_OPTIONS...]: sets CLUSTER to the hack/cluster.sh command line for
 # NAME (and PORT_BASE, when set), for "${CLUSTER[@]}" up|down|env|status.
 cluster_command() {

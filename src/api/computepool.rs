@@ -103,6 +103,13 @@ pub struct ComputePoolSpec {
     /// that asks for it in a pool without it fails with reason `InvalidSpec`.
     #[serde(default)]
     pub allow_env_value_from: bool,
+
+    /// Default `startTimeoutSeconds` of the pool's jobs (1 to 86400): an executor that has not
+    /// started that long after it was recorded fails its job with reason
+    /// `ExecutorStartFailed`. Unset: 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400))]
+    pub start_timeout_seconds: Option<i64>,
 }
 
 /// Executor defaults a pool gives its jobs.

@@ -26,6 +26,11 @@ pub const MAX_WORKERS: i32 = 64;
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
 /// Longest grace period an executor pod may get.
 pub const MAX_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 3600;
+/// Seconds a job's executor may take to start (its driver running) when neither
+/// `spec.startTimeoutSeconds` nor the pool's `startTimeoutSeconds` says otherwise.
+pub const DEFAULT_START_TIMEOUT_SECONDS: i64 = 600;
+/// Longest start timeout (`startTimeoutSeconds` of a job or a pool): one day.
+pub const MAX_START_TIMEOUT_SECONDS: i64 = 86_400;
 /// Longest `spec.activeDeadlineSeconds` (one year).
 pub const MAX_ACTIVE_DEADLINE_SECONDS: i64 = 31_536_000;
 /// Longest `spec.ttlSecondsAfterFinished` (one year).
@@ -99,6 +104,7 @@ pub const MAX_DATASET_ID: i64 = 1_000_000_000_000_000_000;
 #[x_kube(validation = Rule::new("has(self.clusterType) == has(oldSelf.clusterType) && (!has(self.clusterType) || self.clusterType == oldSelf.clusterType)").message("spec.clusterType is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
 #[x_kube(validation = Rule::new("has(self.executor) == has(oldSelf.executor) && (!has(self.executor) || self.executor == oldSelf.executor)").message("spec.executor is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
 #[x_kube(validation = Rule::new("has(self.activeDeadlineSeconds) == has(oldSelf.activeDeadlineSeconds) && (!has(self.activeDeadlineSeconds) || self.activeDeadlineSeconds == oldSelf.activeDeadlineSeconds)").message("spec.activeDeadlineSeconds is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
+#[x_kube(validation = Rule::new("has(self.startTimeoutSeconds) == has(oldSelf.startTimeoutSeconds) && (!has(self.startTimeoutSeconds) || self.startTimeoutSeconds == oldSelf.startTimeoutSeconds)").message("spec.startTimeoutSeconds is immutable; create a new DataJob instead (only cancel, cancelReason and ttlSecondsAfterFinished may change)"))]
 #[x_kube(validation = Rule::new("!(has(oldSelf.cancel) && oldSelf.cancel) || (has(self.cancel) && self.cancel)").message("cancellation cannot be withdrawn; delete the DataJob instead"))]
 #[x_kube(validation = Rule::new("!has(self.executor) || !has(self.executor.env) || self.executor.env.all(e, !e.name.startsWith('DATAJOB_'))").message("spec.executor.env cannot set DATAJOB_* variables; the operator sets them from the spec"))]
 #[x_kube(validation = Rule::new("!has(self.executor) || !has(self.executor.workers) || !has(self.clusterType) || self.clusterType == 'dedicated'").message("spec.executor.workers applies to dedicated clusters only; remove it or set spec.clusterType to dedicated"))]
@@ -152,6 +158,13 @@ pub struct DataJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 31_536_000))]
     pub active_deadline_seconds: Option<i64>,
+
+    /// The executor must start (its driver running) within this many seconds (1 to 86400) of
+    /// being recorded, else the job fails with reason `ExecutorStartFailed`. Default: the
+    /// pool's `startTimeoutSeconds`, else 600. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400))]
+    pub start_timeout_seconds: Option<i64>,
 
     /// A finished DataJob is deleted this many seconds (0 to 31536000, one year) after it
     /// finished.
@@ -336,6 +349,11 @@ pub struct DataJobStatus {
     /// When the status last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
+
+    /// When the executor was recorded and its pods first requested; the start timeout counts
+    /// from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_requested_at: Option<Time>,
 
     /// When the driver started running.
     #[serde(default, skip_serializing_if = "Option::is_none")]

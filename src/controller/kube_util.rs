@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::OPERATOR_NAME;
+use crate::domain::Cause;
 
 /// Whether a status write must fail when the object changed since it was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +90,22 @@ pub fn is_not_found(error: &kube::Error) -> bool {
 pub fn invalid_message(error: &kube::Error) -> Option<&str> {
     match error {
         kube::Error::Api(status) if status.code == 422 => Some(status.message.as_str()),
+        _ => None,
+    }
+}
+
+/// The cause of a 403 Forbidden (a ResourceQuota that is used up, an admission policy): the
+/// API server refused a request for a reason that may pass. None for every other error.
+pub fn refusal(error: &kube::Error) -> Option<Cause> {
+    match error {
+        kube::Error::Api(status) if status.code == 403 => Some(Cause {
+            reason: if status.reason.is_empty() {
+                "Forbidden".to_string()
+            } else {
+                status.reason.clone()
+            },
+            message: crate::executor::result::clean(&status.message, 512),
+        }),
         _ => None,
     }
 }

@@ -41,7 +41,10 @@ pub(super) fn conditions(
             ConditionType::Reconciling,
             matches!(state, JobState::Pending | JobState::PendingCancellation),
         ),
-        (ConditionType::Stalled, state == JobState::Failed),
+        (
+            ConditionType::Stalled,
+            state == JobState::Failed || waiting.is_some_and(|w| w.stalled),
+        ),
         (ConditionType::Complete, state == JobState::Completed),
         (ConditionType::Failed, state == JobState::Failed),
         (ConditionType::Cancelled, state == JobState::Cancelled),

@@ -6,6 +6,8 @@
 //! - [`admission`]: slots of a limited pool, the queue order and the one [`admission::admit`];
 //! - [`machine`]: the DataJob state machine ([`decide`]), one file per state, and what a
 //!   deletion waits for ([`on_deletion`]);
+//! - [`start`]: whether a pending executor can still start (causes, start timeout);
+//! - [`teardown`]: a teardown that is stuck, and when a pod is force-deleted;
 //! - [`conditions`]: the conditions derived from a decided status;
 //! - [`pool`]: the ComputePool status.
 
@@ -16,11 +18,13 @@ pub mod machine;
 pub mod model;
 pub mod policy;
 pub mod pool;
+pub mod start;
+pub mod teardown;
 
 pub use machine::{
     decide, executor_create_failed, on_deletion, resolve_cluster_type, teardown, workers,
 };
 pub use model::{
-    ConditionType, Deletion, EventKind, JobEvent, Observation, ObservedPod, Plan, PodPhase,
-    PoolView, RESYNC, Reason, Termination,
+    Cause, ConditionType, Deletion, EventKind, JobEvent, NodeView, Observation, ObservedPod, Plan,
+    PodPhase, PoolView, RESYNC, Reason, Termination,
 };

@@ -49,6 +49,11 @@ pub struct ObservedPod {
     pub phase: PodPhase,
     /// Whether the pod has a deletion timestamp.
     pub terminating: bool,
+    /// When a pod being deleted should be gone (its deletion timestamp: the deletion's time
+    /// plus the grace period).
+    pub deletion_deadline: Option<Timestamp>,
+    /// The node the pod is bound to, if any.
+    pub node: Option<String>,
     /// The pod's status.reason (for example Evicted), if any.
     pub reason: Option<String>,
     /// The pod's status.message, if any.
@@ -57,9 +62,42 @@ pub struct ObservedPod {
     pub termination: Option<Termination>,
     /// When the executor container started running.
     pub started_at: Option<Timestamp>,
+    /// Why the executor container waits to start (the kubelet's reason and message), if it
+    /// does.
+    pub waiting: Option<Cause>,
+    /// Why the scheduler cannot place the pod (condition PodScheduled=False), if it cannot.
+    pub unschedulable: Option<Cause>,
+}
+
+/// A reason and message from the cluster (a container's waiting state, a pod condition, an
+/// API refusal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cause {
+    /// The machine-readable reason, for example `ImagePullBackOff` or `Unschedulable`.
+    pub reason: String,
+    /// The human-readable message.
+    pub message: String,
 }
 
 impl ObservedPod {
+    /// A pod named `name` in `phase`, not being deleted, with nothing else known.
+    pub fn new(name: &str, phase: PodPhase) -> Self {
+        ObservedPod {
+            name: name.to_string(),
+            role: None,
+            phase,
+            terminating: false,
+            deletion_deadline: None,
+            node: None,
+            reason: None,
+            message: None,
+            termination: None,
+            started_at: None,
+            waiting: None,
+            unschedulable: None,
+        }
+    }
+
     /// Whether the pod's containers have all ended.
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)
@@ -91,6 +129,22 @@ pub enum PoolView {
         admitted: bool,
         /// The pool's limit, for messages (0 = unlimited).
         max_concurrent_jobs: i32,
+        /// The pool's default start timeout, in seconds.
+        start_timeout_seconds: Option<i64>,
+    },
+}
+
+/// What is known about the node of a pod whose teardown is stuck.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeView {
+    /// The Node object does not exist.
+    Gone,
+    /// The Node exists.
+    Present {
+        /// Since when its Ready condition is not True (None while it is Ready).
+        not_ready_since: Option<Timestamp>,
+        /// Whether it carries the taint `node.kubernetes.io/out-of-service`.
+        out_of_service: bool,
     },
 }
 
@@ -116,6 +170,12 @@ pub struct Observation {
     /// Why the API server refused to create an executor pod (an invalid pod built from the
     /// spec); None when no creation was refused.
     pub rejection: Option<String>,
+    /// Why the API server last refused to create an executor pod for a reason that may pass
+    /// (403: a ResourceQuota, an admission policy); None once a creation succeeded.
+    pub create_refusal: Option<Cause>,
+    /// The nodes of the job's pods whose teardown is stuck ([`crate::domain::teardown`]), by
+    /// name; a node that could not be read is left out.
+    pub nodes: std::collections::BTreeMap<String, NodeView>,
     /// Why the tenant boundary refuses the job ([`crate::domain::policy`]), or a pod that
     /// squats on one of its executor's names; None when nothing is refused.
     pub refusal: Option<crate::domain::policy::Refusal>,
@@ -150,6 +210,8 @@ pub struct Plan {
     pub create: Vec<PodSlot>,
     /// Pods to delete gracefully.
     pub delete: Vec<String>,
+    /// Pods to delete at once (grace period 0): stuck on a node that is lost.
+    pub force_delete: Vec<String>,
     /// Events to publish once the status is recorded.
     pub events: Vec<JobEvent>,
     /// When to look again if nothing else happens; None waits for a change.
@@ -199,6 +261,8 @@ pub enum Deletion {
     Wait {
         /// Pods to delete gracefully.
         delete: Vec<String>,
+        /// Pods to delete at once, stuck on a lost node, with why.
+        force_delete: Vec<(String, String)>,
         /// Pods still present.
         remaining: usize,
         /// When to look again.
@@ -260,10 +324,21 @@ named! {
         CreatingExecutor,
         /// Pending: waiting for the driver to run.
         Starting,
+        /// Pending: an executor pod cannot start yet (image pull, configuration, scheduling,
+        /// quota); the message names the pod and the cause.
+        ExecutorWaiting,
         /// Pending cancellation: waiting for executor pods to terminate.
         TearingDown,
+        /// Pending cancellation or deletion: an executor pod is terminating long past its grace
+        /// period (its node is probably lost).
+        TeardownStuck,
+        /// Event: an executor pod stuck on a lost node was deleted with grace period 0.
+        PodForceDeleted,
         /// Failure: the API server rejected an executor pod as invalid.
         ExecutorRejected,
+        /// Failure: the executor could not start (a cause that cannot pass, or not within the
+        /// start timeout).
+        ExecutorStartFailed,
         /// Failure: an executor pod disappeared, failed or was deleted by someone else.
         ExecutorLost,
         /// Failure: an executor pod was evicted.

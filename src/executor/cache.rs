@@ -1,10 +1,13 @@
 //! What the operator keeps of an executor pod in its cache: only what observe reads (name,
-//! namespace, uid, labels, owners, deletion mark, phase, reason, message and the containers'
-//! states). The environment (which carries the whole query), the rest of the spec, managed
-//! fields, annotations and conditions are dropped before a pod is cached, so the cache's memory
-//! per job does not grow with what a tenant writes.
+//! namespace, uid, labels, owners, deletion mark, node, phase, reason, message, the
+//! PodScheduled condition and the containers' states). The environment (which carries the
+//! whole query), the rest of the spec, managed fields, annotations and other conditions are
+//! dropped before a pod is cached, so the cache's memory per job does not grow with what a
+//! tenant writes.
 
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStatus, Pod, PodCondition, PodSpec, PodStatus,
+};
 use kube::api::ObjectMeta;
 
 /// Reduces a pod, in place, to what the controller reads.
@@ -20,11 +23,29 @@ pub fn strip_pod(pod: &mut Pod) {
         deletion_timestamp: meta.deletion_timestamp,
         ..ObjectMeta::default()
     };
-    pod.spec = None;
+    // The node, for a teardown stuck on a lost node.
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        ..PodSpec::default()
+    });
     pod.status = pod.status.take().map(|status| PodStatus {
         phase: status.phase,
         reason: status.reason,
         message: status.message.map(|m| super::result::clean(&m, 1024)),
+        // Why the scheduler cannot place the pod, if it cannot.
+        conditions: status.conditions.map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|c| c.type_ == "PodScheduled")
+                .map(|c| PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message.map(|m| super::result::clean(&m, 512)),
+                    ..PodCondition::default()
+                })
+                .collect()
+        }),
         container_statuses: status
             .container_statuses
             .map(|statuses| statuses.into_iter().map(strip_container).collect()),
@@ -74,7 +95,10 @@ mod tests {
         let before = crate::executor::cache::tests::observed(&pod);
         strip_pod(&mut pod);
         assert_eq!(crate::executor::cache::tests::observed(&pod), before);
-        assert!(pod.spec.is_none());
+        let spec = pod.spec.as_ref().expect("the node is kept");
+        assert!(spec.containers.is_empty(), "containers and env are dropped");
+        let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        assert!(conditions.is_some_and(|c| c.is_empty()), "Ready is dropped");
         assert!(pod.metadata.annotations.is_none() && pod.metadata.managed_fields.is_none());
         let size = serde_json::to_string(&pod).expect("json").len();
         assert!(size < 1024, "a stripped pod is {size} bytes");

@@ -501,6 +501,8 @@ impl CreateJob {
             cancel_reason: None,
             active_deadline_seconds: self.active_deadline_seconds,
             ttl_seconds_after_finished: self.ttl_seconds_after_finished,
+            // The REST API has no field for it: the pool's default, else 600 s.
+            start_timeout_seconds: None,
         }
     }
 }

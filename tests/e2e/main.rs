@@ -2,6 +2,7 @@
 //! test has its own namespace and its own operator process, and synchronises on watches of the
 //! objects, never on sleeps.
 
+mod leadership;
 mod pools;
 mod resilience;
 #[path = "../support/mod.rs"]
@@ -13,7 +14,6 @@ use std::time::Duration;
 use datajob_operator::api::{ComputePool, DataJob, JobState};
 use datajob_operator::executor::{LABEL_JOB_UID, LABEL_ROLE};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -112,17 +112,6 @@ async fn delete_pool(client: &Client, name: &str) {
     let _ = Api::<ComputePool>::all(client.clone())
         .delete(name, &DeleteParams::default())
         .await;
-}
-
-async fn events_for(client: &Client, namespace: &str, job: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job))
-        .collect()
 }
 
 #[tokio::test]

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use datajob_operator::api::{DataJob, JobState};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 use crate::support::*;
@@ -140,4 +141,96 @@ async fn a_standby_replica_takes_over_when_the_leader_dies() {
     wait_state(&jobs, "after", JobState::Running).await;
     b.kill();
     ns.cleanup().await;
+}
+
+/// A Node that no kubelet (and no kwok) serves, Ready when created, labelled so that only a
+/// pool's node selector picks it: its pods never run and, once deleted, stay Terminating.
+fn unserved_node(name: &str) -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": { "name": name, "labels": { "datajob.dev/test-node": name } },
+        "status": {
+            "allocatable": { "cpu": "16", "memory": "64Gi", "pods": "110" },
+            "capacity": { "cpu": "16", "memory": "64Gi", "pods": "110" },
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "lastHeartbeatTime": jiff::Timestamp::now().to_string(),
+                "lastTransitionTime": jiff::Timestamp::now().to_string(),
+            }],
+        },
+    }))
+    .expect("a Node")
+}
+
+/// Cancelling a job whose pod sits on a lost node: the teardown is shown stuck (Stalled,
+/// TeardownStuck naming pod and node, a Warning event) after the grace period and the margin;
+/// once the Node is deleted the operator force-deletes the pod and the job ends cancelled.
+#[tokio::test]
+async fn a_teardown_stuck_on_a_lost_node_is_shown_then_force_deleted_when_the_node_is_gone() {
+    let mut env = env("e2e-stuck").await;
+    let node_name = format!("lost-{}", env.ns.name());
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    nodes
+        .create(&PostParams::default(), &unserved_node(&node_name))
+        .await
+        .expect("create the node");
+    let selector = json!({ "datajob.dev/test-node": node_name });
+    let pool = env
+        .own_pool("stuck", json!({ "nodeSelector": selector }))
+        .await;
+    let job = env.create(datajob("stranded").pool(&pool)).await;
+    let pod = eventually(
+        "the executor pod to be bound to the lost node",
+        STEP,
+        async || {
+            job_pods(&env.pods, &job)
+                .await
+                .into_iter()
+                .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&node_name))
+        },
+    )
+    .await;
+    cancel(&env.jobs, "stranded", "node lost").await;
+    let stuck = wait_for(&env.jobs, "stranded", STEP, |j: &DataJob| {
+        j.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.status == "True" && c.reason == "TeardownStuck")
+        })
+    })
+    .await;
+    let status = stuck.status.expect("status");
+    assert_eq!(status.state, Some(JobState::PendingCancellation));
+    let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled");
+    let message = &stalled.expect("Stalled").message;
+    assert!(
+        message.contains(&pod.name_any()) && message.contains(&node_name),
+        "{message}"
+    );
+    let events = events_for(&env.client, env.ns.name(), "stranded").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("TeardownStuck")
+                && e.type_.as_deref() == Some("Warning")),
+        "{events:?}"
+    );
+    // The pod garbage collector would remove it only 40 s after the node is gone; the
+    // operator looks every 10 s.
+    nodes
+        .delete(&node_name, &DeleteParams::default())
+        .await
+        .expect("delete the node");
+    wait_state(&env.jobs, "stranded", JobState::Cancelled).await;
+    let events = events_for(&env.client, env.ns.name(), "stranded").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("PodForceDeleted")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("no longer exists"))),
+        "the operator force-deleted the pod: {events:?}"
+    );
+    env.finish().await;
 }

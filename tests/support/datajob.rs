@@ -6,6 +6,7 @@ use datajob_operator::api::{ComputePool, DataJob, JobState};
 use datajob_operator::executor;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::watcher::watch_object;
 use kube::{Client, ResourceExt};
@@ -392,4 +393,16 @@ pub async fn wait_pods_gone(pods: &Api<Pod>, job: &DataJob, keep: impl Fn(&Pod) 
         (!left.iter().any(&keep)).then_some(())
     })
     .await
+}
+
+/// The events (events.k8s.io) about the object named `name` in `namespace`.
+pub async fn events_for(client: &Client, namespace: &str, name: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
 }

@@ -18,7 +18,8 @@
 //! - here: [`admin_client`], [`user_client`], [`install_crds`], [`TestNamespace`], [`kubectl`];
 //! - [`watch`]: [`wait_for`], [`wait_deleted`], [`wait_established`], [`eventually`];
 //! - [`operator`]: [`Operator`], the operator binary as a child process;
-//! - [`datajob`]: [`DataJobBuilder`], [`MATERIALIZE_RESULT`], and the job's states and pods.
+//! - [`datajob`]: [`DataJobBuilder`], [`MATERIALIZE_RESULT`], and the job's states and pods;
+//! - [`helm`]: the helm binary, the chart.
 #![allow(dead_code)] // each test binary uses a subset
 
 /// Whether an `Option<&Vec<_>>` of Kubernetes conditions (of any kind: node, pod, job, CRD)
@@ -33,6 +34,7 @@ macro_rules! condition_is_true {
 pub(crate) use condition_is_true;
 
 pub mod datajob;
+pub mod helm;
 pub mod operator;
 pub mod watch;
 
@@ -198,4 +200,20 @@ pub async fn install_crds(client: &Client) {
         .unwrap_or_else(|e| panic!("cannot apply CRD {name}: {e}"));
         wait_established(client, &name, STEP).await;
     }
+}
+
+/// Labels `namespace` so the API server admits only pods of the "restricted" Pod Security
+/// Standard (the chart's operator pod and every executor pod must pass it).
+pub async fn enforce_restricted(client: &Client, namespace: &str) {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            namespace,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "metadata": { "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            }}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot label namespace {namespace} restricted: {e}"));
 }

@@ -3,7 +3,7 @@
 //! wait), and killed when dropped, also when the test panics.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,19 @@ impl Launch {
     }
 }
 
+/// Whether the operator's JSON log at `path` has a line whose message starts with `message`.
+pub fn log_has_message(path: &Path, message: &str) -> bool {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        })
+}
+
 /// A running operator process; killed (SIGKILL) when dropped.
 pub struct Operator {
     child: Child,
@@ -109,6 +122,18 @@ impl Operator {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The log file of the current process (panics if its output is discarded).
+    pub fn log(&self) -> PathBuf {
+        self.launch
+            .log_path(self.starts - 1)
+            .expect("this operator logs to a file")
+    }
+
+    /// Whether the current process logged a line whose message starts with `message`.
+    pub fn logged(&self, message: &str) -> bool {
+        log_has_message(&self.log(), message)
     }
 
     /// Kills the process with SIGKILL (no clean shutdown) and waits for it to exit.

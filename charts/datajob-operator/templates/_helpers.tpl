@@ -112,6 +112,10 @@ Rules on the cluster-scoped ComputePools: always a ClusterRole.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get"]
+# The node of an executor pod stuck terminating: is it gone, out of service, not Ready?
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["get"]
 {{- end }}
 
 {{/*

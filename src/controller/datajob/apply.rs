@@ -66,6 +66,7 @@ pub async fn apply(
     for name in &plan.delete {
         ctx.deleted_pod(format!("{namespace}/{name}"));
     }
+    force_delete_pods(&pods, &namespace, &plan.force_delete).await?;
     match create_executor(job, ctx, plan, pool, &pods).await? {
         Creation::Done => {}
         Creation::Rejected(message) => {
@@ -108,9 +109,16 @@ async fn create_executor(
         Ok(Creation::Done) => create_pods(ctx, pods, job, &template, plan).await,
         other => other,
     };
-    if let Err(error @ Error::CreatePod { .. }) = &created {
-        let event = domain::executor_create_failed(error.to_string());
-        publish_events(&ctx.recorder, job, &[event]).await;
+    let uid = job.uid().unwrap_or_default();
+    match &created {
+        Ok(Creation::Done) => ctx.set_create_refusal(&uid, None),
+        Err(error @ Error::CreatePod { source, .. }) => {
+            // A refusal that may pass (a quota) is shown on the job until its start timeout.
+            ctx.set_create_refusal(&uid, kube_util::refusal(source));
+            let event = domain::executor_create_failed(error.to_string());
+            publish_events(&ctx.recorder, job, &[event]).await;
+        }
+        _ => {}
     }
     created
 }
@@ -251,8 +259,34 @@ async fn squatter(pods: &Api<Pod>, job: &DataJob, name: &str) -> Result<Option<S
 /// Deletes pods gracefully (each with its own grace period); a pod already gone counts as
 /// deleted.
 pub async fn delete_pods(pods: &Api<Pod>, namespace: &str, names: &[String]) -> Result<(), Error> {
+    delete_pods_with(pods, namespace, names, &DeleteParams::default()).await
+}
+
+/// Deletes pods stuck on a lost node at once (grace period 0): the API server removes them
+/// without waiting for a kubelet ([`crate::domain::teardown`]).
+pub async fn force_delete_pods(
+    pods: &Api<Pod>,
+    namespace: &str,
+    names: &[String],
+) -> Result<(), Error> {
     for name in names {
-        match pods.delete(name, &DeleteParams::default()).await {
+        warn!(pod = %format!("{namespace}/{name}"), "force-deleting an executor pod stuck on a lost node");
+    }
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    delete_pods_with(pods, namespace, names, &params).await
+}
+
+async fn delete_pods_with(
+    pods: &Api<Pod>,
+    namespace: &str,
+    names: &[String],
+    params: &DeleteParams,
+) -> Result<(), Error> {
+    for name in names {
+        match pods.delete(name, params).await {
             Ok(_) => debug!(pod = %name, "deleting executor pod"),
             Err(source) if is_not_found(&source) => {}
             Err(source) => {

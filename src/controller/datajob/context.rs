@@ -15,7 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
 use crate::api::{ComputePool, DataJob};
-use crate::domain::admission;
+use crate::domain::{Cause, admission};
 use crate::executor::ExecutorDefaults;
 use crate::telemetry::Metrics;
 
@@ -100,6 +100,9 @@ pub struct Context {
     failures: Table<HashMap<String, u32>>,
     /// Why the API server rejected a job's executor pod, by job uid, until the job records it.
     rejections: Table<HashMap<String, String>>,
+    /// Why the API server last refused an executor pod for a reason that may pass (403), by
+    /// job uid, until a creation succeeds or the job ends.
+    create_refusals: Table<HashMap<String, Cause>>,
     /// Pods squatting on an executor's names, by job uid, until the job records its failure.
     conflicts: Table<HashMap<String, String>>,
     /// The resourceVersions a job had before this instance's last writes to it, by job uid,
@@ -141,6 +144,7 @@ impl Context {
             in_flight: Table::new(),
             failures: Table::new(),
             rejections: Table::new(),
+            create_refusals: Table::new(),
             conflicts: Table::new(),
             superseded: Table::new(),
             created: Table::new(),
@@ -212,9 +216,26 @@ impl Context {
             .with(|rejections| rejections.get(uid).cloned())
     }
 
-    /// Forgets a rejection (and a conflict) once the job recorded its end.
+    /// Remembers (`Some`) or forgets (`None`) why creating job `uid`'s executor pod was
+    /// refused for a reason that may pass.
+    pub(super) fn set_create_refusal(&self, uid: &str, refusal: Option<Cause>) {
+        self.create_refusals.with(|refusals| match refusal {
+            Some(cause) => refusals.insert(uid.to_string(), cause),
+            None => refusals.remove(uid),
+        });
+    }
+
+    /// Why creating job `uid`'s executor pod was last refused, if it was.
+    pub(super) fn create_refusal(&self, uid: &str) -> Option<Cause> {
+        self.create_refusals
+            .with(|refusals| refusals.get(uid).cloned())
+    }
+
+    /// Forgets a rejection (and a conflict, and a refused create) once the job recorded its
+    /// end.
     pub(super) fn forget_rejection(&self, uid: &str) {
         self.rejections.with(|rejections| rejections.remove(uid));
+        self.create_refusals.with(|refusals| refusals.remove(uid));
         self.conflicts.with(|conflicts| conflicts.remove(uid));
     }
 

@@ -25,7 +25,6 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use tracing::{debug, info, warn};
 
 use crate::api::{ComputePool, DataJob};
@@ -46,7 +45,7 @@ pub struct Triggers {
     /// DataJobs that changed (from the shared DataJob watch).
     pub jobs: BoxStream<'static, Arc<DataJob>>,
     /// Executor pods that changed (their owner is reconciled).
-    pub pods: BoxStream<'static, Result<Pod, watcher::Error>>,
+    pub pods: BoxStream<'static, Arc<Pod>>,
     /// ComputePools that changed (the jobs naming them are reconciled).
     pub pools: BoxStream<'static, Arc<ComputePool>>,
     /// Jobs the controller wakes itself (a slot was freed).
@@ -59,7 +58,7 @@ pub async fn run(ctx: Context, triggers: Triggers) {
     let config = controller::Config::default().concurrency(ctx.config.concurrency);
     Controller::for_shared_stream(triggers.jobs, jobs.clone())
         .with_config(config)
-        .owns_stream(triggers.pods)
+        .owns_shared_stream(triggers.pods)
         .watches_shared_stream(triggers.pools, move |pool: Arc<ComputePool>| {
             let name = pool.name_any();
             jobs.state()
@@ -219,7 +218,9 @@ async fn add_finalizer(
 /// Observe, decide, apply for a live (not deleted) job.
 async fn reconcile_job(job: &DataJob, ctx: &Context) -> Result<Action, Error> {
     let namespace_labels = observe::namespace_labels(job, ctx).await?;
-    let observed = observe::observe(job, ctx, namespace_labels.as_ref());
+    let mut observed = observe::observe(job, ctx, namespace_labels.as_ref());
+    let observation = &mut observed.observation;
+    observation.nodes = observe::stuck_nodes(ctx, &observation.pods, observation.now).await;
     let mut plan = domain::decide(&observed.observation);
     if plan.requires_absence {
         // The cache may lag behind pods just created: confirm absence with the API server.
@@ -244,14 +245,29 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
     }
     let namespace = job.namespace().unwrap_or_default();
     let pods = ctx.pods_api(&namespace);
-    match domain::on_deletion(&observe::live_pods(&pods, job).await?) {
+    let live = observe::live_pods(&pods, job).await?;
+    let now = observe::now();
+    let nodes = observe::stuck_nodes(ctx, &live, now).await;
+    match domain::on_deletion(&live, &nodes, now) {
         Deletion::Release => Ok(None),
         Deletion::Wait {
             delete,
+            force_delete,
             remaining,
             poll,
         } => {
             apply::delete_pods(&pods, &namespace, &delete).await?;
+            let events: Vec<JobEvent> = force_delete
+                .iter()
+                .map(|(pod, why)| JobEvent {
+                    kind: EventKind::Warning,
+                    reason: Reason::PodForceDeleted,
+                    message: format!("force-deleting executor pod {pod} (grace period 0): {why}"),
+                })
+                .collect();
+            let names: Vec<String> = force_delete.into_iter().map(|(pod, _)| pod).collect();
+            apply::force_delete_pods(&pods, &namespace, &names).await?;
+            apply::publish_events(&ctx.recorder, job, &events).await;
             info!(job = %object_key(job), remaining, "teardown in progress; waiting for executor pods to terminate");
             Ok(Some(Action::requeue(poll)))
         }

@@ -7,17 +7,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
+use tracing::warn;
 
 use super::context::Context;
 use super::error::Error;
 use crate::api::{ComputePool, DataJob};
 use crate::controller::kube_util::object_key;
 use crate::domain::policy::{self, Refusal};
-use crate::domain::{self, Observation, ObservedPod, PodPhase, PoolView, Termination};
+use crate::domain::{
+    self, Cause, NodeView, Observation, ObservedPod, PodPhase, PoolView, Termination,
+};
 use crate::executor::{self, CONTAINER_NAME, LABEL_JOB_UID, Role};
 
 /// One job as observed, with the pool the observation saw (the pod build needs it).
@@ -48,7 +51,9 @@ pub fn observe(
         status: job.status.clone().unwrap_or_default(),
         pods: cached_pods(ctx, job),
         pool: pool_view(job, pool.as_deref(), admitted),
+        nodes: BTreeMap::new(),
         rejection: ctx.rejection(&uid),
+        create_refusal: ctx.create_refusal(&uid),
         refusal,
         uid,
     };
@@ -143,11 +148,85 @@ pub fn observe_pod(pod: &Pod) -> ObservedPod {
             .and_then(|r| Role::from_label(r)),
         phase,
         terminating: pod.metadata.deletion_timestamp.is_some(),
+        deletion_deadline: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         reason: status.and_then(|s| s.reason.clone()),
         message: status.and_then(|s| s.message.clone()),
         termination,
         started_at,
+        waiting: state
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| cause(w.reason.as_deref(), w.message.as_deref())),
+        unschedulable: status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
+            .filter(|c| c.status == "False")
+            .and_then(|c| cause(c.reason.as_deref(), c.message.as_deref())),
     }
+}
+
+/// The nodes of the pods whose teardown is stuck, read from the API server (only those: a
+/// stuck teardown is rare). A node that cannot be read is left out, so its pods are not
+/// force-deleted.
+pub async fn stuck_nodes(
+    ctx: &Context,
+    pods: &[ObservedPod],
+    now: Timestamp,
+) -> BTreeMap<String, NodeView> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let mut nodes = BTreeMap::new();
+    for pod in domain::teardown::stuck(pods, now) {
+        let Some(name) = pod.node.clone() else {
+            continue;
+        };
+        if nodes.contains_key(&name) {
+            continue;
+        }
+        match api.get_opt(&name).await {
+            Ok(node) => {
+                nodes.insert(name, node.map_or(NodeView::Gone, |n| node_view(&n)));
+            }
+            Err(error) => {
+                warn!(node = %name, %error, "cannot read the node of a stuck executor pod")
+            }
+        }
+    }
+    nodes
+}
+
+/// Readiness and the out-of-service taint of a node. A node that never reported Ready counts
+/// as not Ready since it was created.
+fn node_view(node: &Node) -> NodeView {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    let not_ready_since = match ready {
+        Some(c) if c.status == "True" => None,
+        Some(c) => c.last_transition_time.as_ref().map(|t| t.0),
+        None => node.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    };
+    let out_of_service = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.key == domain::teardown::OUT_OF_SERVICE_TAINT)
+        });
+    NodeView::Present {
+        not_ready_since,
+        out_of_service,
+    }
+}
+
+/// A cause from a reason and a message (cut to what status may carry); None without a reason.
+fn cause(reason: Option<&str>, message: Option<&str>) -> Option<Cause> {
+    Some(Cause {
+        reason: executor::result::clean(reason.filter(|r| !r.is_empty())?, 128),
+        message: executor::result::clean(message.unwrap_or_default(), 512),
+    })
 }
 
 /// The job's executor pods from the pod cache, sorted by name. Pod names are deterministic, so
@@ -199,10 +278,14 @@ fn just_created(name: &str, role: Role) -> ObservedPod {
         role: Some(role),
         phase: PodPhase::Pending,
         terminating: false,
+        deletion_deadline: None,
+        node: None,
         reason: None,
         message: None,
         termination: None,
         started_at: None,
+        waiting: None,
+        unschedulable: None,
     }
 }
 
@@ -231,6 +314,7 @@ fn pool_view(job: &DataJob, pool: Option<&ComputePool>, admitted: bool) -> PoolV
             cluster_type: pool.spec.cluster_type,
             admitted,
             max_concurrent_jobs: pool.spec.max_concurrent_jobs,
+            start_timeout_seconds: pool.spec.start_timeout_seconds,
         },
     }
 }

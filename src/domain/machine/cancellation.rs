@@ -3,9 +3,14 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+
 use super::{Step, reason_suffix};
 use crate::api::{Cancellation, JobState};
-use crate::domain::model::{Deletion, ObservedPod, RESYNC, Reason};
+use crate::domain::model::{Deletion, EventKind, NodeView, ObservedPod, RESYNC, Reason};
+use crate::domain::teardown as stuck;
 
 /// How often the teardown of a deleted DataJob is looked at while its pods terminate.
 pub const TEARDOWN_POLL: Duration = Duration::from_secs(2);
@@ -18,13 +23,20 @@ pub fn teardown(pods: &[ObservedPod]) -> Vec<String> {
         .collect()
 }
 
-/// What to do about a DataJob being deleted, given its pods as read from the API server.
-pub fn on_deletion(pods: &[ObservedPod]) -> Deletion {
+/// What to do about a DataJob being deleted, given its pods as read from the API server and
+/// the nodes of those stuck terminating ([`stuck::judge`]).
+pub fn on_deletion(
+    pods: &[ObservedPod],
+    nodes: &BTreeMap<String, NodeView>,
+    now: Timestamp,
+) -> Deletion {
     if pods.is_empty() {
         return Deletion::Release;
     }
+    let judged = stuck::judge(pods, nodes, now);
     Deletion::Wait {
         delete: teardown(pods),
+        force_delete: judged.force_delete,
         remaining: pods.len(),
         poll: TEARDOWN_POLL,
     }
@@ -34,6 +46,7 @@ fn tearing_down(pods: usize) -> super::Waiting {
     super::Waiting {
         reason: Reason::TearingDown,
         message: format!("waiting for {pods} executor pod(s) to terminate"),
+        stalled: false,
     }
 }
 
@@ -65,8 +78,34 @@ impl Step<'_> {
             );
         } else {
             self.delete = teardown(&self.obs.pods);
-            self.waiting = Some(tearing_down(self.obs.pods.len()));
-            self.requeue = Some(RESYNC);
+            self.watch_teardown();
         }
+    }
+
+    /// Waits for the pods to terminate: shows a teardown that is stuck, and force-deletes
+    /// pods stuck on a lost node.
+    fn watch_teardown(&mut self) {
+        let judged = stuck::judge(&self.obs.pods, &self.obs.nodes, self.obs.now);
+        for (pod, why) in &judged.force_delete {
+            let message = format!("force-deleting executor pod {pod} (grace period 0): {why}");
+            self.event(EventKind::Warning, Reason::PodForceDeleted, message);
+            self.force_delete.push(pod.clone());
+        }
+        if judged.stuck.is_empty() {
+            // Not announced: the state change already said that pods are torn down.
+            self.waiting = Some(tearing_down(self.obs.pods.len()));
+        } else {
+            let message = format!(
+                "{}; it is force-deleted once its node is gone, tainted {} or not Ready for {} s",
+                judged.stuck.join("; "),
+                stuck::OUT_OF_SERVICE_TAINT,
+                stuck::NODE_LOST_AFTER_SECONDS
+            );
+            self.wait(Reason::TeardownStuck, message, EventKind::Warning);
+            if let Some(waiting) = &mut self.waiting {
+                waiting.stalled = true;
+            }
+        }
+        self.requeue = Some(judged.next_look.unwrap_or(RESYNC).min(RESYNC));
     }
 }

@@ -71,6 +71,8 @@ pub fn workers(spec: &DataJobSpec) -> i32 {
 pub(super) struct Waiting {
     pub(super) reason: Reason,
     pub(super) message: String,
+    /// The job cannot make progress by itself (kstatus `Stalled=True`).
+    pub(super) stalled: bool,
 }
 
 /// One decision in progress: the observation, and the plan being built from it.
@@ -79,6 +81,7 @@ struct Step<'a> {
     status: DataJobStatus,
     create: Vec<PodSlot>,
     delete: Vec<String>,
+    force_delete: Vec<String>,
     events: Vec<JobEvent>,
     requeue: Option<Duration>,
     requires_absence: bool,
@@ -93,6 +96,7 @@ impl<'a> Step<'a> {
             status: obs.status.clone(),
             create: Vec::new(),
             delete: Vec::new(),
+            force_delete: Vec::new(),
             events: Vec::new(),
             requeue: None,
             requires_absence: false,
@@ -164,7 +168,11 @@ impl<'a> Step<'a> {
         if previous.is_none_or(|c| reason != c.reason.as_str()) && announces(reason) {
             self.event(kind, reason, message.clone());
         }
-        self.waiting = Some(Waiting { reason, message });
+        self.waiting = Some(Waiting {
+            reason,
+            message,
+            stalled: false,
+        });
         if self.requeue.is_none() {
             self.requeue = Some(RESYNC);
         }
@@ -190,6 +198,7 @@ impl<'a> Step<'a> {
             status: self.status,
             create: self.create,
             delete: self.delete,
+            force_delete: self.force_delete,
             events: self.events,
             requeue: self.requeue,
             requires_absence: self.requires_absence,

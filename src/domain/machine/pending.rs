@@ -1,12 +1,14 @@
 //! `(new)` and `pending`: accept the job, wait for its pool and a slot, record the executor,
-//! create its pods, and move to `running` once the driver runs.
+//! create its pods, and move to `running` once the driver runs; or fail with
+//! `ExecutorStartFailed` when it cannot start ([`crate::domain::start`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{Step, resolve_cluster_type, workers};
+use super::{Step, duration_until, resolve_cluster_type, workers};
 use crate::api::JobState;
 use crate::domain::model::{EventKind, JobEvent, PodPhase, PoolView, RESYNC, Reason};
 use crate::domain::policy::Refusal;
+use crate::domain::start::{self, Verdict};
 use crate::executor::{self, PodSlot};
 
 /// The event published when creating an executor pod failed for a reason a retry may fix
@@ -64,7 +66,10 @@ impl Step<'_> {
             .get_or_insert_with(|| resolve_cluster_type(&self.obs.spec, &self.obs.pool));
         // The executor is recorded in the status this plan writes, and apply writes it (guarded
         // by the observed version) before it creates any pod, so recording it and creating its
-        // pods go in one pass.
+        // pods go in one pass. The start timeout counts from here.
+        if self.status.executor.is_none() {
+            self.status.start_requested_at = Some(self.now());
+        }
         let executor = self
             .status
             .executor
@@ -134,12 +139,50 @@ impl Step<'_> {
                 format!("driver of executor {executor} is running"),
             );
         } else {
-            self.wait(
-                Reason::Starting,
-                format!("waiting for the driver of executor {executor} to run"),
-                EventKind::Normal,
-            );
-            self.requeue = Some(RESYNC);
+            self.await_start(executor);
+        }
+    }
+
+    /// The executor's pods exist or are being created but its driver does not run yet: shows
+    /// what holds it up, or fails the job when that cannot pass or the start timeout ended.
+    fn await_start(&mut self, executor: &str) {
+        // Jobs recorded before the field existed start their clock now.
+        let requested_at = self
+            .status
+            .start_requested_at
+            .get_or_insert(Time(self.obs.now))
+            .0;
+        let timeout = start::timeout_seconds(&self.obs.spec, &self.obs.pool);
+        let verdict = start::judge(
+            self.obs.now,
+            requested_at,
+            timeout,
+            &self.obs.pods,
+            self.obs.create_refusal.as_ref(),
+        );
+        match verdict {
+            Verdict::Failed(message) => {
+                self.create.clear();
+                self.fail(Reason::ExecutorStartFailed, message);
+            }
+            Verdict::Waiting { blocked, deadline } => {
+                match blocked {
+                    Some(blocked) => self.wait(
+                        Reason::ExecutorWaiting,
+                        format!(
+                            "{}; the job fails with ExecutorStartFailed at {deadline} unless executor {executor} starts",
+                            blocked.describe()
+                        ),
+                        EventKind::Warning,
+                    ),
+                    None => self.wait(
+                        Reason::Starting,
+                        format!("waiting for the driver of executor {executor} to run"),
+                        EventKind::Normal,
+                    ),
+                }
+                self.requeue = Some(RESYNC.min(duration_until(self.obs.now, deadline)));
+            }
         }
     }
 }

@@ -1,0 +1,3 @@
+module datajob.dev/hack/image-builder
+
+go 1.26
