@@ -15,7 +15,7 @@ mod support;
 use datajob_operator::api::{ComputePool, DataJob, JobState};
 use datajob_operator::executor;
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -1069,6 +1069,67 @@ async fn a_pod_squatting_on_the_executor_name_is_never_adopted() {
         Some("squatter")
     );
     let _ = pools.delete(&late, &DeleteParams::default()).await;
+    drop(operator);
+    ns.cleanup().await;
+}
+
+/// A namespace whose ResourceQuota allows no pod: the refused create (403) is shown on the job
+/// (`ExecutorWaiting`, the quota's message) and the job fails with `ExecutorStartFailed` at its
+/// start timeout, giving its slot back.
+#[tokio::test]
+async fn a_used_up_quota_is_shown_and_fails_the_job_at_its_start_timeout() {
+    let client = admin_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "no-room").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns.name());
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": { "name": "no-pods" },
+        "spec": { "hard": { "pods": "0" } },
+    }))
+    .expect("quota");
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("create the quota");
+    // Enforced once the quota controller has counted the namespace.
+    wait_for(&quotas, "no-pods", STEP, |q: &ResourceQuota| {
+        q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some()
+    })
+    .await;
+    let operator = Operator::start(ns.name());
+    let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
+    jobs.create(
+        &PostParams::default(),
+        &job("no-room", json!({ "startTimeoutSeconds": 15 })),
+    )
+    .await
+    .expect("create");
+    let waiting = wait_for(&jobs, "no-room", STEP, |j| {
+        j.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Reconciling" && c.reason == "ExecutorWaiting")
+        })
+    })
+    .await;
+    let conditions = waiting.status.expect("status").conditions;
+    let reconciling = conditions.iter().find(|c| c.type_ == "Reconciling");
+    let message = &reconciling.expect("Reconciling").message;
+    assert!(message.contains("exceeded quota: no-pods"), "{message}");
+    let failed = wait_for(&jobs, "no-room", STEP, |j| {
+        j.status.as_ref().and_then(|s| s.state) == Some(JobState::Failed)
+    })
+    .await;
+    let failure = failed
+        .status
+        .and_then(|s| s.failures.last().cloned())
+        .expect("a failure");
+    assert_eq!(failure.reason, "ExecutorStartFailed");
+    assert!(
+        failure.message.contains("within 15 s") && failure.message.contains("exceeded quota"),
+        "{}",
+        failure.message
+    );
     drop(operator);
     ns.cleanup().await;
 }

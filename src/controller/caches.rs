@@ -8,7 +8,8 @@
 //! runner waits on the same store (docs/resilience.md). DataJobs and ComputePools are read
 //! through `DeserializeGuard` ([`super::undecodable`]); pods are cached stripped
 //! (`executor::cache::strip_pod`). [`Cache::subscribe`] hands a controller every cached object,
-//! then every change (unbounded, so a controller that is not running never holds a watch back).
+//! then every change, and every object again after each (re-)list (unbounded, so a controller
+//! that is not running never holds a watch back).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,8 +106,7 @@ impl<K: Watched> Cache<K> {
         receiver
     }
 
-    fn publish(&self, obj: &K) {
-        let obj = Arc::new(obj.clone());
+    fn publish(&self, obj: &Arc<K>) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subscribers.retain(|s| s.unbounded_send(obj.clone()).is_ok());
     }
@@ -130,15 +130,21 @@ async fn reflect<K: Watched>(
         writer.apply_watcher_event(&event);
         match &event {
             watcher::Event::InitDone => {
+                // A (re-)list reaches the store only now, all at once: hand every object to
+                // the subscribers from the store, so one that subscribed while the list was
+                // read (its snapshot did not hold the listed objects yet) misses none.
+                for obj in cache.store.state() {
+                    cache.publish(&obj);
+                }
                 if !cache.synced.swap(true, Ordering::AcqRel) {
                     info!(cache = kind, "cache synced");
                     cache.synced_signal.notify_waiters();
                 }
             }
-            watcher::Event::Apply(obj)
-            | watcher::Event::Delete(obj)
-            | watcher::Event::InitApply(obj) => cache.publish(obj),
-            watcher::Event::Init => {}
+            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
+                cache.publish(&Arc::new(obj.clone()))
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }
 }
@@ -262,4 +268,62 @@ fn pod_watch(config: &Config) -> watcher::Config {
         selector.push_str(&format!(",{}={plane}", executor::LABEL_DATA_PLANE));
     }
     watcher::Config::default().labels(&selector).any_semantic()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pod(name: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(name.to_string());
+        pod.metadata.namespace = Some("ns".to_string());
+        pod
+    }
+
+    /// Waits (bounded) until the cache has applied what was sent.
+    async fn settled(cache: &Cache<Pod>, listed: bool) {
+        for _ in 0..200 {
+            if cache.is_synced() == listed {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_comes_while_the_list_is_read_gets_every_listed_object() {
+        let (events, stream) = mpsc::unbounded();
+        let cache = Cache::start("pods", stream.map(Ok).boxed(), Arc::new(Notify::new()));
+        events.unbounded_send(watcher::Event::Init).expect("send");
+        events
+            .unbounded_send(watcher::Event::InitApply(pod("listed")))
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The listed pod is not in the store yet: the snapshot cannot hold it.
+        let mut subscriber = cache.subscribe();
+        events
+            .unbounded_send(watcher::Event::InitDone)
+            .expect("send");
+        settled(&cache, true).await;
+        events
+            .unbounded_send(watcher::Event::Apply(pod("created")))
+            .expect("send");
+        let first = tokio::time::timeout(Duration::from_secs(5), subscriber.next()).await;
+        let second = tokio::time::timeout(Duration::from_secs(5), subscriber.next()).await;
+        let names: Vec<String> = [first, second]
+            .into_iter()
+            .map(|p| {
+                p.expect("in time")
+                    .expect("an object")
+                    .metadata
+                    .name
+                    .clone()
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(names, ["listed", "created"]);
+    }
 }
