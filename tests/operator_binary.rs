@@ -363,6 +363,16 @@ fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A child process that is killed when dropped, also when the test panics.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `curl` with the certificate as its only trust anchor; the body, or None when it fails.
 fn curl(ca: &Path, url: &str) -> Option<String> {
     let out = Command::new("curl")
@@ -385,7 +395,7 @@ fn jobs_api_serves_https_with_the_given_certificate() {
     let (cert, key) = self_signed(&dir);
     let port = dead_port();
     let log = dir.join("api.log");
-    let mut api = operator(&config, &["api", "--log-format", "json", "--tls-cert"])
+    let api = operator(&config, &["api", "--log-format", "json", "--tls-cert"])
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
@@ -394,6 +404,7 @@ fn jobs_api_serves_https_with_the_given_certificate() {
         .stderr(Stdio::null())
         .spawn()
         .expect("the api starts");
+    let mut api = KillOnDrop(api);
     wait_log(&log, "serving the Jobs API", EXIT_WITHIN);
     let https = format!("https://127.0.0.1:{port}");
     assert_eq!(
@@ -413,8 +424,8 @@ fn jobs_api_serves_https_with_the_given_certificate() {
         None,
         "plain HTTP"
     );
-    sigterm(&api);
-    assert!(wait_exit(&mut api, EXIT_WITHIN).success());
+    sigterm(&api.0);
+    assert!(wait_exit(&mut api.0, EXIT_WITHIN).success());
 
     // A key file given as the certificate: refused at start, naming the problem.
     let out = operator(&config, &["api", "--tls-cert"])
