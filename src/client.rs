@@ -13,6 +13,7 @@ use kube::client::{Body, ClientBuilder};
 use tower::{Layer, Service};
 
 use crate::leader::Fence;
+use tracing::error;
 
 /// The error of a write refused by the fence.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +129,23 @@ pub fn build(
     Ok(ClientBuilder::try_from(config)?
         .with_layer(&OperatorLayer::new(instance, fence))
         .build())
+}
+
+/// The controllers' client (writes fenced by `fence`) and the leader elector's (not fenced),
+/// both with this instance's user agent; None (logged) when no configuration is found.
+pub async fn clients(instance: &str, fence: &Fence) -> Option<(kube::Client, kube::Client)> {
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(e) => {
+            error!(error = %e, "failed to load a Kubernetes client configuration (kubeconfig or in-cluster)");
+            return None;
+        }
+    };
+    let clients = build(config.clone(), instance, Some(fence.clone()))
+        .and_then(|fenced| Ok((fenced, build(config, instance, None)?)));
+    clients
+        .inspect_err(|e| error!(error = %e, "failed to build a Kubernetes client"))
+        .ok()
 }
 
 #[cfg(test)]

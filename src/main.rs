@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -181,18 +181,21 @@ fn print_crds() -> ExitCode {
 
 async fn run(args: RunArgs) -> ExitCode {
     telemetry::init_logging(args.log_format);
-    let instance = args.instance.clone().unwrap_or_else(default_identity);
+    let instance = args
+        .instance
+        .clone()
+        .unwrap_or_else(startup::default_identity);
     // Writes of the controllers go through the fence; the elector's own client is not fenced.
     let fence = if args.leader_election {
         Fence::closed()
     } else {
         Fence::open()
     };
-    let Some((client, election_client)) = clients(&instance, &fence).await else {
+    let Some((client, election_client)) = client::clients(&instance, &fence).await else {
         return ExitCode::FAILURE;
     };
     let metrics = Arc::new(Metrics::default());
-    exit_after_grace_on_signal(Duration::from_secs(args.shutdown_timeout_seconds));
+    startup::exit_after_grace_on_signal(Duration::from_secs(args.shutdown_timeout_seconds));
     if let Err(missing) = startup::check_crds(&client).await {
         error!("{missing}");
         return ExitCode::FAILURE;
@@ -202,7 +205,7 @@ async fn run(args: RunArgs) -> ExitCode {
         ready: ready.clone(),
         metrics: metrics.clone(),
     };
-    if !serve_endpoints(args.http_addr, health).await {
+    if !startup::serve_endpoints(args.http_addr, health).await {
         return ExitCode::FAILURE;
     }
     let elector = leader_elector(&args, election_client, &instance, fence);
@@ -216,7 +219,7 @@ async fn run(args: RunArgs) -> ExitCode {
     };
     // Every replica keeps its caches, leader or not: ready means "this process can serve".
     let (caches, undecodable) = controller::Caches::start(&client, &config);
-    tokio::spawn(mark_ready(caches.clone(), ready));
+    tokio::spawn(startup::mark_ready(caches.clone(), ready));
     if let Some(elector) = &elector {
         info!(lease = %args.lease_name, identity = %instance, "waiting for leadership");
         tokio::select! {
@@ -258,30 +261,6 @@ async fn lead(
     ExitCode::SUCCESS
 }
 
-/// The controllers' client (writes fenced by `fence`) and the leader elector's (not fenced),
-/// both with this instance's user agent; None (logged) when no configuration is found.
-async fn clients(instance: &str, fence: &Fence) -> Option<(kube::Client, kube::Client)> {
-    let config = match kube::Config::infer().await {
-        Ok(config) => config,
-        Err(e) => {
-            error!(error = %e, "failed to load a Kubernetes client configuration (kubeconfig or in-cluster)");
-            return None;
-        }
-    };
-    let clients = client::build(config.clone(), instance, Some(fence.clone()))
-        .and_then(|fenced| Ok((fenced, client::build(config, instance, None)?)));
-    clients
-        .inspect_err(|e| error!(error = %e, "failed to build a Kubernetes client"))
-        .ok()
-}
-
-/// Turns readiness on once every cache has listed its objects.
-async fn mark_ready(caches: controller::Caches, ready: Arc<AtomicBool>) {
-    caches.wait_synced().await;
-    info!("caches synced; ready");
-    ready.store(true, Ordering::Release);
-}
-
 /// The candidate in the leader election, when `--leader-election` asks for one.
 fn leader_elector(
     args: &RunArgs,
@@ -301,91 +280,21 @@ fn leader_elector(
     })
 }
 
-/// Serves /metrics, /healthz and /readyz in the background; false when the address cannot be
-/// bound.
-async fn serve_endpoints(addr: SocketAddr, health: http::Health) -> bool {
-    let server = match http::serve(addr, health).await {
-        Ok((addr, server)) => {
-            info!(%addr, "serving /metrics, /healthz and /readyz");
-            server
-        }
-        Err(e) => {
-            error!(%addr, error = %e, "failed to bind the HTTP endpoints");
-            return false;
-        }
-    };
-    tokio::spawn(async move {
-        if let Err(e) = server.await {
-            error!(error = %e, "HTTP endpoints stopped");
-        }
-    });
-    true
-}
-
-/// On the first SIGTERM or SIGINT, gives the clean shutdown `grace` and then exits the process:
-/// with the API server gone, watches, in-flight reconciles and the Lease release could
-/// otherwise wait far longer than the pod's termination grace period.
-fn exit_after_grace_on_signal(grace: Duration) {
-    tokio::spawn(async move {
-        startup::shutdown_signal().await;
-        info!(grace_seconds = grace.as_secs(), "shutting down");
-        tokio::time::sleep(grace).await;
-        error!(
-            grace_seconds = grace.as_secs(),
-            "clean shutdown did not finish in time; exiting"
-        );
-        std::process::exit(1);
-    });
-}
-
 /// Serves the Jobs REST API until SIGTERM/SIGINT.
 async fn serve_api(args: ApiArgs) -> ExitCode {
     telemetry::init_logging(args.log_format);
-    // Only the API server's address and CA are taken from here; requests use the callers'
-    // tokens (see jobs_api::identity).
-    let config = match kube::Config::infer().await {
-        Ok(config) => config,
-        Err(e) => {
-            error!(error = %e, "failed to find the Kubernetes API server (kubeconfig or in-cluster config)");
-            return ExitCode::FAILURE;
-        }
-    };
-    let state = jobs_api::AppState {
-        upstream: jobs_api::identity::Upstream::new(config),
-        namespace: args.namespace.clone(),
-        max_wait: Duration::from_secs(args.max_wait_seconds),
-    };
     let tls = args
         .tls_cert
         .zip(args.tls_key)
         .map(|(cert, key)| jobs_api::TlsFiles { cert, key });
-    let https = tls.is_some();
-    let (addr, server) = match jobs_api::serve(args.http_addr, state, tls).await {
-        Ok(bound) => bound,
+    let max_wait = Duration::from_secs(args.max_wait_seconds);
+    match jobs_api::run(args.http_addr, args.namespace, max_wait, tls).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!(error = %e, "failed to start the Jobs API");
-            return ExitCode::FAILURE;
+            error!("{e}");
+            ExitCode::FAILURE
         }
-    };
-    info!(%addr, https, namespace = %args.namespace, "serving the Jobs API under /v1");
-    tokio::select! {
-        result = server => {
-            if let Err(e) = result {
-                error!(error = %e, "the Jobs API stopped");
-                return ExitCode::FAILURE;
-            }
-        }
-        () = startup::shutdown_signal() => info!("stopping the Jobs API"),
     }
-    ExitCode::SUCCESS
-}
-
-/// Host name and process id, when no instance name is given.
-fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "datajob-operator".to_string());
-    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]

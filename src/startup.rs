@@ -1,8 +1,14 @@
 //! Start-up and shutdown helpers of the operator binary: the check that the CRDs are
-//! installed, and the shutdown signal.
+//! installed, the HTTP endpoints and readiness, the instance name, and the shutdown signal with
+//! its bounded grace.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use kube::Client;
-use tracing::warn;
+use tracing::{error, info, warn};
 
 /// The resources of `datajob.dev/v1alpha1` the operator needs, with their CRD names.
 const REQUIRED: [(&str, &str); 2] = [
@@ -78,6 +84,58 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Turns readiness on once every cache has listed its objects.
+pub async fn mark_ready(caches: crate::controller::Caches, ready: Arc<AtomicBool>) {
+    caches.wait_synced().await;
+    info!("caches synced; ready");
+    ready.store(true, Ordering::Release);
+}
+
+/// Serves /metrics, /healthz and /readyz in the background; false when the address cannot be
+/// bound.
+pub async fn serve_endpoints(addr: SocketAddr, health: crate::http::Health) -> bool {
+    let server = match crate::http::serve(addr, health).await {
+        Ok((addr, server)) => {
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+            server
+        }
+        Err(e) => {
+            error!(%addr, error = %e, "failed to bind the HTTP endpoints");
+            return false;
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!(error = %e, "HTTP endpoints stopped");
+        }
+    });
+    true
+}
+
+/// On the first SIGTERM or SIGINT, gives the clean shutdown `grace` and then exits the process:
+/// with the API server gone, watches, in-flight reconciles and the Lease release could
+/// otherwise wait far longer than the pod's termination grace period.
+pub fn exit_after_grace_on_signal(grace: Duration) {
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!(grace_seconds = grace.as_secs(), "shutting down");
+        tokio::time::sleep(grace).await;
+        error!(
+            grace_seconds = grace.as_secs(),
+            "clean shutdown did not finish in time; exiting"
+        );
+        std::process::exit(1);
+    });
+}
+
+/// Host name and process id, when no instance name is given.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "datajob-operator".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]

@@ -100,6 +100,39 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Serves the Jobs API on `addr` for the DataJobs of `namespace` until SIGTERM/SIGINT (HTTPS
+/// when `tls` is given). Errs with a message naming what failed: finding the API server,
+/// binding, the TLS files, or the server itself.
+pub async fn run(
+    addr: SocketAddr,
+    namespace: String,
+    max_wait: Duration,
+    tls: Option<TlsFiles>,
+) -> Result<(), String> {
+    // Only the API server's address and CA are taken from here; requests use the callers'
+    // tokens (see identity).
+    let config = kube::Config::infer().await.map_err(|e| {
+        format!("failed to find the Kubernetes API server (kubeconfig or in-cluster config): {e}")
+    })?;
+    let state = AppState {
+        upstream: Upstream::new(config),
+        namespace: namespace.clone(),
+        max_wait,
+    };
+    let https = tls.is_some();
+    let (addr, server) = serve(addr, state, tls)
+        .await
+        .map_err(|e| format!("failed to start the Jobs API: {e}"))?;
+    tracing::info!(%addr, https, %namespace, "serving the Jobs API under /v1");
+    tokio::select! {
+        result = server => result.map_err(|e| format!("the Jobs API stopped: {e}")),
+        () = crate::startup::shutdown_signal() => {
+            tracing::info!("stopping the Jobs API");
+            Ok(())
+        }
+    }
+}
+
 /// Binds `addr` and returns the bound address and the server future (HTTPS when `tls` is
 /// given, else plain HTTP).
 pub async fn serve(
