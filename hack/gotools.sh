@@ -8,6 +8,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib/common.sh
+source "$ROOT/hack/lib/common.sh"
 # shellcheck source=lib/versions.sh
 source "$ROOT/hack/lib/versions.sh"
 # shellcheck source=lib/build.sh
