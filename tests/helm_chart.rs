@@ -831,18 +831,12 @@ fn deployment_runs_the_operator_as_documented() {
         .expect("POD_NAME comes from a fieldRef");
     assert_eq!(field.field_path, "metadata.name");
 
-    let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
-        probe
-            .as_ref()
-            .and_then(|p| p.http_get.as_ref())
-            .and_then(|h| h.path.clone())
-    };
     assert_eq!(
-        probe_path(&container.liveness_probe).as_deref(),
+        support::helm::http_get_path(&container.liveness_probe).as_deref(),
         Some("/healthz")
     );
     assert_eq!(
-        probe_path(&container.readiness_probe).as_deref(),
+        support::helm::http_get_path(&container.readiness_probe).as_deref(),
         Some("/readyz")
     );
     let port = container

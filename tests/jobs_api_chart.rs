@@ -3,7 +3,7 @@
 //! Deployment running `datajob-operator api` with probes, a Service, a ServiceAccount bound to
 //! no role (the API acts with the callers' tokens), optional HTTPS and NetworkPolicy.
 
-use std::process::Command;
+mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -11,16 +11,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use serde::de::DeserializeOwned;
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/datajob-operator");
-const API: &str = "rel-datajob-operator-api";
+use support::helm::{CHART, helm, http_get_path};
 
-fn helm(args: &[&str]) -> std::process::Output {
-    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".to_string());
-    Command::new(&helm)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {helm} ({e}); set HELM or put helm on PATH"))
-}
+const API: &str = "rel-datajob-operator-api";
 
 fn render(sets: &[&str]) -> Vec<serde_yaml::Value> {
     let mut args = vec![
@@ -103,17 +96,12 @@ fn enabled_it_runs_the_api_subcommand_with_probes_a_service_and_no_rbac() {
             "--max-wait-seconds=60"
         ]
     );
-    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
-        p.as_ref()
-            .and_then(|p| p.http_get.as_ref())
-            .and_then(|h| h.path.clone())
-    };
     assert_eq!(
-        probe_path(&container.liveness_probe).as_deref(),
+        http_get_path(&container.liveness_probe).as_deref(),
         Some("/healthz")
     );
     assert_eq!(
-        probe_path(&container.readiness_probe).as_deref(),
+        http_get_path(&container.readiness_probe).as_deref(),
         Some("/readyz")
     );
     assert_eq!(pod.service_account_name.as_deref(), Some(API));

@@ -55,3 +55,11 @@ pub fn helm_ok(args: &[&str]) -> String {
     );
     stdout
 }
+
+/// The path of a probe's HTTP GET, if it has one (what a rendered chart's probes ask).
+pub fn http_get_path(probe: &Option<k8s_openapi::api::core::v1::Probe>) -> Option<String> {
+    probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .and_then(|h| h.path.clone())
+}

@@ -274,18 +274,8 @@ fn cached_pods(ctx: &Context, job: &DataJob) -> Vec<ObservedPod> {
 /// A pod created a moment ago, as decide should see it: existing, not started.
 fn just_created(name: &str, role: Role) -> ObservedPod {
     ObservedPod {
-        name: name.to_string(),
         role: Some(role),
-        phase: PodPhase::Pending,
-        terminating: false,
-        deletion_deadline: None,
-        node: None,
-        reason: None,
-        message: None,
-        termination: None,
-        started_at: None,
-        waiting: None,
-        unschedulable: None,
+        ..ObservedPod::new(name, PodPhase::Pending)
     }
 }
 
