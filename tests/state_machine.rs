@@ -9,11 +9,15 @@ use datajob_operator::api::{
 };
 use datajob_operator::domain::{
     Cause, EventKind, NodeView, Observation, ObservedPod, Plan, PodPhase, PoolView, Reason,
-    Termination, decide,
+    Termination, decide, release,
 };
 use datajob_operator::executor::{self, Role};
 use jiff::Timestamp;
 use proptest::prelude::*;
+
+/// The driver's result finalizer: results are never lost (issue 8, item 5).
+#[path = "state_machine/results.rs"]
+mod results;
 
 const UID: &str = "0f1e2d3c-aaaa-bbbb-cccc-000000000001";
 const RESULT: &str = r#"{"datasetId": 6404, "snapshotId": 739881302291276700, "recalculationId": "abf9a2ec-426b-4751-bd16-fcb435061925"}"#;
@@ -83,21 +87,40 @@ impl Job {
         plan
     }
 
-    /// Decides, records the status and carries out pod creations (pods appear Pending) and
-    /// deletions (pods start terminating).
+    /// Decides, records the status and carries out pod deletions (pods start terminating),
+    /// result finalizer removals and creations (pods appear Pending, a driver with its result
+    /// finalizer).
     fn step_and_apply(&mut self) -> Plan {
         let plan = self.step();
         for name in &plan.delete {
+            self.delete_pod(name);
+        }
+        for name in &plan.release_pods {
             if let Some(pod) = self.obs.pods.iter_mut().find(|p| &p.name == name) {
-                pod.terminating = true;
+                pod.holds_result = false;
             }
         }
         for slot in &plan.create {
-            self.obs
-                .pods
-                .push(pod(&slot.name, slot.role, PodPhase::Pending));
+            self.obs.pods.push(ObservedPod {
+                holds_result: slot.role == Role::Driver,
+                ..pod(&slot.name, slot.role, PodPhase::Pending)
+            });
         }
         plan
+    }
+
+    /// Someone (the operator, a user, the garbage collector) deletes the pod: it terminates.
+    fn delete_pod(&mut self, name: &str) {
+        let now = self.obs.now;
+        if let Some(pod) = self.obs.pods.iter_mut().find(|p| p.name == name) {
+            pod.terminating = true;
+            pod.deletion_requested_at.get_or_insert(now);
+        }
+    }
+
+    /// Terminating pods without the result finalizer are gone; those with it stay.
+    fn terminations_finish(&mut self) {
+        self.obs.pods.retain(|p| !p.terminating || p.holds_result);
     }
 
     fn set_phase(&mut self, phase: PodPhase) {
@@ -116,6 +139,7 @@ impl Job {
     }
 
     fn terminate_driver(&mut self, exit_code: i32, message: &str) {
+        let now = self.obs.now;
         let driver = self.driver_mut();
         driver.phase = if exit_code == 0 {
             PodPhase::Succeeded
@@ -125,6 +149,7 @@ impl Job {
         driver.termination = Some(Termination {
             exit_code,
             message: message.to_string(),
+            finished_at: Some(now),
         });
     }
 
@@ -905,6 +930,10 @@ proptest! {
                     }
                     // Only edges of the state table; no state is skipped.
                     prop_assert!(legal(before, after), "illegal transition {:?} -> {:?}", before, after);
+                    // A result finalizer goes only with a recorded outcome or a teardown.
+                    if !plan.release_pods.is_empty() {
+                        prop_assert!(release::may_release(plan.status.state), "released in {:?}", plan.status.state);
+                    }
                     // Cancelled only when no executor pod exists.
                     if after == Some(JobState::Cancelled) && before != after {
                         prop_assert!(job.obs.pods.is_empty(), "cancelled with pods {:?}", job.obs.pods);
@@ -960,12 +989,18 @@ proptest! {
                         job.terminate_driver(code, if code == 0 { RESULT } else { "" });
                     }
                 }
-                Happening::PodGone(i) => {
-                    if i < job.obs.pods.len() {
+                // A pod with the result finalizer only starts terminating.
+                Happening::PodGone(i) => match job.obs.pods.get(i) {
+                    Some(pod) if pod.holds_result => {
+                        let name = pod.name.clone();
+                        job.delete_pod(&name);
+                    }
+                    Some(_) => {
                         job.obs.pods.remove(i);
                     }
-                }
-                Happening::TerminationsFinish => job.obs.pods.retain(|p| !p.terminating),
+                    None => {}
+                },
+                Happening::TerminationsFinish => job.terminations_finish(),
                 Happening::Cancel => {
                     if !job.obs.spec.cancel {
                         job.request_cancel();
@@ -978,10 +1013,15 @@ proptest! {
         if saw_pending_cancellation {
             for _ in 0..4 {
                 job.step_and_apply();
-                job.obs.pods.retain(|p| !p.terminating);
+                job.terminations_finish();
             }
             prop_assert_eq!(job.state(), Some(JobState::Cancelled));
             prop_assert!(job.obs.pods.is_empty());
+        }
+        // A finished job holds no pod by its result finalizer once it was looked at.
+        job.step_and_apply();
+        if job.state().is_some_and(JobState::is_terminal) {
+            prop_assert!(job.obs.pods.iter().all(|p| !p.holds_result), "{:?}", job.obs.pods);
         }
     }
 }

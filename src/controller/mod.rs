@@ -6,16 +6,19 @@
 //!   -> datajob: observe -> domain::decide -> apply -> DataJob status, pods, events
 //!   -> pool:    domain::pool::pool_status           -> ComputePool status
 //!   -> undecodable objects: Warning event, Stalled/InvalidSpec, teardown on deletion
+//!   -> executor pods whose DataJob is gone: their result finalizer removed
 //! ```
 //!
 //! [`caches`] run from start-up (readiness), [`datajob`] reconciles DataJobs, [`pool`] writes
 //! ComputePool status (only in an instance that watches every namespace, since a namespaced
-//! one cannot see a whole pool), and [`kube_util`] holds what both need from the API server.
+//! one cannot see a whole pool), [`result_finalizer`] removes the driver pods' result finalizer
+//! (and releases orphaned pods), and [`kube_util`] holds what both need from the API server.
 
 pub mod caches;
 pub mod datajob;
 pub mod kube_util;
 pub mod pool;
+pub mod result_finalizer;
 pub mod undecodable;
 
 use std::sync::Arc;
@@ -45,6 +48,15 @@ pub async fn run(
         .is_none()
         .then(|| (caches.jobs.subscribe(), caches.pools.subscribe()));
     let instance = config.instance.clone();
+    // Once the DataJob cache is complete, a job missing from it is worth a GET.
+    let orphans = {
+        let (client, stores, caches) = (client.clone(), stores.clone(), caches.clone());
+        async move {
+            caches.wait_synced().await;
+            let (pods, jobs) = (caches.pods.subscribe(), caches.jobs.subscribe());
+            result_finalizer::release_orphans(client, stores, pods, jobs).await;
+        }
+    };
     let (context, wakeups) = datajob::Context::new(client.clone(), config, metrics, stores.clone());
     let triggers = datajob::Triggers {
         jobs: caches.jobs.subscribe().boxed(),
@@ -67,5 +79,6 @@ pub async fn run(
     tokio::select! {
         () = controllers => {}
         () = undecodable::run(client, instance, undecodable) => {}
+        () = orphans => {}
     }
 }

@@ -3,7 +3,8 @@
 //! through kube's `DeserializeGuard`, so one such object does not fail the watch for all the
 //! others: [`split`] takes it out of the stream and hands its metadata here, where it gets a
 //! Warning event and `Stalled=True` with reason `InvalidSpec`; a deleted DataJob among them still
-//! has its executor pods torn down (by its uid label) before its finalizer is released.
+//! has its executor pods torn down (by its uid label, their result finalizer removed) before its
+//! finalizer is released.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,9 +27,10 @@ use tracing::{info, warn};
 
 use crate::api::{ComputePool, DataJob};
 use crate::domain::Reason;
-use crate::executor::{self, result::clean};
+use crate::executor::{self, RESULT_FINALIZER, result::clean};
 
 use super::FINALIZER;
+use super::result_finalizer::release;
 
 /// How often a deleted undecodable job's teardown is looked at.
 const TEARDOWN_POLL: Duration = Duration::from_secs(2);
@@ -239,7 +241,28 @@ async fn report_stalled(client: &Client, recorder: &Recorder, report: &Undecodab
     }
 }
 
-/// Deletes a deleted undecodable job's executor pods, then releases its finalizer.
+/// Deletes `listed` executor pods (those not already terminating) and removes their result
+/// finalizer; a failure is logged and the next round tries again.
+async fn delete_and_release(pods: &Api<Pod>, namespace: &str, listed: &[Pod]) {
+    for pod in listed {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_none()
+            && let Err(error) = pods.delete(&name, &DeleteParams::default()).await
+        {
+            warn!(pod = %name, %error, "failed to delete an executor pod");
+            continue;
+        }
+        let finalizers = pod.metadata.finalizers.clone().unwrap_or_default();
+        if finalizers.iter().any(|f| f == RESULT_FINALIZER)
+            && let Err(error) = release(pods, namespace, &name, Some(finalizers)).await
+        {
+            warn!(%error, "an executor pod of an undecodable DataJob keeps its result finalizer");
+        }
+    }
+}
+
+/// Deletes a deleted undecodable job's executor pods (removing their result finalizer), then
+/// releases its finalizer.
 async fn tear_down(client: Client, report: Undecodable, state: Arc<State>) {
     let meta = report.object.metadata.clone();
     let uid = meta.uid.clone().unwrap_or_default();
@@ -249,18 +272,7 @@ async fn tear_down(client: Client, report: Undecodable, state: Arc<State>) {
     loop {
         match pods.list(&ListParams::default().labels(&selector)).await {
             Ok(list) if list.items.is_empty() => break,
-            Ok(list) => {
-                for pod in list
-                    .items
-                    .iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                {
-                    let name = pod.metadata.name.clone().unwrap_or_default();
-                    if let Err(error) = pods.delete(&name, &DeleteParams::default()).await {
-                        warn!(pod = %name, %error, "failed to delete an executor pod");
-                    }
-                }
-            }
+            Ok(list) => delete_and_release(&pods, &namespace, &list.items).await,
             Err(error) => warn!(job = %key(&meta), %error, "failed to list executor pods"),
         }
         tokio::time::sleep(TEARDOWN_POLL).await;

@@ -15,6 +15,14 @@ pub fn after(start: Timestamp, seconds: i64) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
+/// `start` minus `seconds` (a negative count counts as 0), or the earliest representable time
+/// when the difference is before it.
+pub fn before(start: Timestamp, seconds: i64) -> Timestamp {
+    start
+        .checked_sub(SignedDuration::from_secs(seconds.max(0)))
+        .unwrap_or(Timestamp::MIN)
+}
+
 /// Whole seconds from `now` until `then`, plus one so that a requeue lands after `then`; zero
 /// plus one when `then` has passed.
 pub fn duration_until(now: Timestamp, then: Timestamp) -> Duration {
@@ -34,6 +42,9 @@ mod tests {
         assert_eq!(after(start, -5), start);
         assert_eq!(after(Timestamp::MAX, 1), Timestamp::MAX);
         assert_eq!(after(start, 60).as_second(), 1_800_000_060);
+        assert_eq!(before(start, 60).as_second(), 1_799_999_940);
+        assert_eq!(before(start, i64::MAX), Timestamp::MIN);
+        assert_eq!(before(start, -5), start);
         assert_eq!(
             duration_until(Timestamp::MIN, Timestamp::MAX).as_secs(),
             (Timestamp::MAX.as_second() - Timestamp::MIN.as_second() + 1) as u64

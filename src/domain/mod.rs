@@ -8,6 +8,7 @@
 //!   deletion waits for ([`on_deletion`]);
 //! - [`start`]: whether a pending executor can still start (causes, start timeout);
 //! - [`teardown`]: a teardown that is stuck, and when a pod is force-deleted;
+//! - [`release`]: when a driver pod's result finalizer may go;
 //! - [`conditions`]: the conditions derived from a decided status;
 //! - [`pool`]: the ComputePool status.
 
@@ -18,6 +19,7 @@ pub mod machine;
 pub mod model;
 pub mod policy;
 pub mod pool;
+pub mod release;
 pub mod start;
 pub mod teardown;
 

@@ -36,6 +36,8 @@ pub struct Termination {
     pub exit_code: i32,
     /// The container's termination message.
     pub message: String,
+    /// When the container ended, if known.
+    pub finished_at: Option<Timestamp>,
 }
 
 /// One executor pod of the job, as observed.
@@ -52,6 +54,10 @@ pub struct ObservedPod {
     /// When a pod being deleted should be gone (its deletion timestamp: the deletion's time
     /// plus the grace period).
     pub deletion_deadline: Option<Timestamp>,
+    /// When its deletion was asked for (the deletion timestamp minus the grace period).
+    pub deletion_requested_at: Option<Timestamp>,
+    /// Whether it still carries the result finalizer (`executor::RESULT_FINALIZER`).
+    pub holds_result: bool,
     /// The node the pod is bound to, if any.
     pub node: Option<String>,
     /// The pod's status.reason (for example Evicted), if any.
@@ -88,6 +94,8 @@ impl ObservedPod {
             phase,
             terminating: false,
             deletion_deadline: None,
+            deletion_requested_at: None,
+            holds_result: false,
             node: None,
             reason: None,
             message: None,
@@ -101,6 +109,16 @@ impl ObservedPod {
     /// Whether the pod's containers have all ended.
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)
+    }
+
+    /// Whether its containers ended before anyone asked to delete it (or it is not being
+    /// deleted): what a finished driver wrote then is its own report, not the deletion's doing.
+    /// A container that ended in the same second as the request counts as before it.
+    pub fn finished_before_deletion(&self) -> bool {
+        let finished = self.termination.as_ref().and_then(|t| t.finished_at);
+        self.is_finished()
+            && (!self.terminating
+                || matches!((finished, self.deletion_requested_at), (Some(f), Some(r)) if f <= r))
     }
 
     /// Whether the kubelet evicted the pod.
@@ -212,6 +230,10 @@ pub struct Plan {
     pub delete: Vec<String>,
     /// Pods to delete at once (grace period 0): stuck on a node that is lost.
     pub force_delete: Vec<String>,
+    /// Pods whose result finalizer to remove, after the status write and the deletions: the
+    /// status (as observed, or as written by this plan) records the job's outcome, or the job
+    /// is torn down ([`crate::domain::release`]).
+    pub release_pods: Vec<String>,
     /// Events to publish once the status is recorded.
     pub events: Vec<JobEvent>,
     /// When to look again if nothing else happens; None waits for a change.
@@ -263,6 +285,8 @@ pub enum Deletion {
         delete: Vec<String>,
         /// Pods to delete at once, stuck on a lost node, with why.
         force_delete: Vec<(String, String)>,
+        /// Pods whose result finalizer to remove once they are being deleted.
+        release: Vec<String>,
         /// Pods still present.
         remaining: usize,
         /// When to look again.

@@ -1,6 +1,7 @@
 //! What the operator keeps of an executor pod in its cache: only what observe reads (name,
-//! namespace, uid, labels, owners, deletion mark, node, phase, reason, message, the
-//! PodScheduled condition and the containers' states). The environment (which carries the
+//! namespace, uid, labels, owners, finalizers (the driver's result finalizer), deletion mark and
+//! grace period, node, phase, reason, message, the PodScheduled condition and the containers'
+//! states). The environment (which carries the
 //! whole query), the rest of the spec, managed fields, annotations and other conditions are
 //! dropped before a pod is cached, so the cache's memory per job does not grow with what a
 //! tenant writes.
@@ -21,6 +22,8 @@ pub fn strip_pod(pod: &mut Pod) {
         labels: meta.labels,
         owner_references: meta.owner_references,
         deletion_timestamp: meta.deletion_timestamp,
+        deletion_grace_period_seconds: meta.deletion_grace_period_seconds,
+        finalizers: meta.finalizers,
         ..ObjectMeta::default()
     };
     // The node, for a teardown stuck on a lost node.
@@ -76,6 +79,7 @@ mod tests {
         let mut pod: Pod = serde_json::from_value(json!({
             "metadata": {
                 "name": "dj-x-1-driver", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                "finalizers": ["datajob.dev/result"], "deletionGracePeriodSeconds": 30,
                 "labels": { "datajob.dev/job-uid": "j" },
                 "annotations": { "big": "x".repeat(10_000) },
                 "managedFields": [{ "manager": "datajob-operator", "operation": "Apply" }],
@@ -108,8 +112,10 @@ mod tests {
     fn observed(pod: &Pod) -> String {
         let status = pod.status.as_ref().expect("status");
         format!(
-            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
             pod.metadata.name,
+            pod.metadata.finalizers,
+            pod.metadata.deletion_grace_period_seconds,
             pod.metadata.labels,
             pod.metadata.owner_references,
             pod.metadata.deletion_timestamp,

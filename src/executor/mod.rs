@@ -31,6 +31,9 @@ pub const LABEL_DATA_PLANE: &str = "datajob.dev/data-plane";
 pub const CONTAINER_NAME: &str = "executor";
 /// Where the driver writes its result or failure.
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// Finalizer on every driver pod: holds the pod object, and with it the driver's termination
+/// message, until the job's status records the outcome (or the job is being torn down).
+pub const RESULT_FINALIZER: &str = "datajob.dev/result";
 /// Longest DataJob name kept in an executor name; the rest is replaced by the uid suffix.
 const MAX_NAME_PART: usize = 41;
 

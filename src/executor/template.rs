@@ -18,7 +18,8 @@ use kube::api::ObjectMeta;
 
 use super::{
     CONTAINER_NAME, LABEL_CLUSTER_TYPE, LABEL_COMPUTE_POOL, LABEL_DATA_PLANE, LABEL_JOB_NAME,
-    LABEL_JOB_UID, LABEL_MANAGED_BY, LABEL_ROLE, PodSlot, Role, TERMINATION_MESSAGE_PATH,
+    LABEL_JOB_UID, LABEL_MANAGED_BY, LABEL_ROLE, PodSlot, RESULT_FINALIZER, Role,
+    TERMINATION_MESSAGE_PATH,
 };
 use crate::OPERATOR_NAME;
 use crate::api::datajob::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
@@ -242,6 +243,8 @@ impl ExecutorTemplate {
                 namespace: Some(self.namespace.clone()),
                 labels: Some(self.labels(slot.role)),
                 owner_references: Some(vec![owner]),
+                // The driver's result lives in its pod: held until status records it.
+                finalizers: (slot.role == Role::Driver).then(|| vec![RESULT_FINALIZER.to_string()]),
                 ..ObjectMeta::default()
             },
             spec: Some(PodSpec {
@@ -402,5 +405,24 @@ mod tests {
         let alone = ExecutorTemplate::resolve(&job, ClusterType::Shared, None, &defaults)
             .expect("resolves");
         assert_eq!(alone.image, "default:1");
+        let finalizers = |role| {
+            let slot = PodSlot {
+                name: "p".to_string(),
+                role,
+            };
+            alone
+                .pod(&slot, OwnerReference::default())
+                .metadata
+                .finalizers
+        };
+        assert_eq!(
+            finalizers(Role::Driver),
+            Some(vec![RESULT_FINALIZER.to_string()])
+        );
+        assert_eq!(
+            finalizers(Role::Worker),
+            None,
+            "only the driver holds a result"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Apply: carries out a [`Plan`] against the API server. Status first (server-side apply on the
 //! status subresource, guarded by the observed resourceVersion so a decision made on a stale
-//! read is rejected instead of written), then pod deletions and creations (both idempotent),
-//! then events, metrics and the wake-ups a freed slot causes.
+//! read is rejected instead of written), then pod deletions, the removal of result finalizers
+//! the plan releases, and creations (all idempotent), then events, metrics and the wake-ups a
+//! freed slot causes.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -17,8 +19,9 @@ use super::error::Error;
 use crate::OPERATOR_NAME;
 use crate::api::{ComputePool, DataJob, JobState};
 use crate::controller::kube_util::{self, Guard, invalid_message, is_not_found, object_key};
+use crate::controller::result_finalizer;
 use crate::domain::{self, EventKind, JobEvent, Plan};
-use crate::executor::{ExecutorTemplate, LABEL_JOB_UID};
+use crate::executor::{ExecutorTemplate, LABEL_JOB_UID, RESULT_FINALIZER};
 
 /// When to look again after the API server rejected an executor pod: the next pass observes
 /// the rejection and decide records it as the job's failure.
@@ -67,6 +70,8 @@ pub async fn apply(
         ctx.deleted_pod(format!("{namespace}/{name}"));
     }
     force_delete_pods(&pods, &namespace, &plan.force_delete).await?;
+    // After the status write: the outcome (or the teardown) is recorded.
+    release_pods(ctx, &pods, &namespace, &plan.release_pods).await?;
     match create_executor(job, ctx, plan, pool, &pods).await? {
         Creation::Done => {}
         Creation::Rejected(message) => {
@@ -296,6 +301,29 @@ async fn delete_pods_with(
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// Removes the result finalizer of the pods `names` (their finalizers as cached save a read),
+/// and notes each, so a pass before the cache shows it does not remove it again.
+pub async fn release_pods(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    namespace: &str,
+    names: &[String],
+) -> Result<(), Error> {
+    for name in names {
+        let cached = ctx
+            .stores
+            .pods
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|pod| pod.finalizers().to_vec())
+            .filter(|finalizers| finalizers.iter().any(|f| f == RESULT_FINALIZER));
+        if result_finalizer::release(pods, namespace, name, cached).await? {
+            debug!(pod = %name, "removed the result finalizer");
+        }
+        ctx.released_pod(format!("{namespace}/{name}"));
     }
     Ok(())
 }

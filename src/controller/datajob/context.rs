@@ -114,6 +114,8 @@ pub struct Context {
     created: Table<HashMap<String, Instant>>,
     /// Executor pods deleted by this instance that the cache does not show terminating yet.
     deleted: Table<HashMap<String, Instant>>,
+    /// Executor pods whose result finalizer this instance removed while the cache still shows it.
+    released: Table<HashMap<String, Instant>>,
     wake_jobs: UnboundedSender<ObjectRef<DataJob>>,
     wake_pools: UnboundedSender<ObjectRef<ComputePool>>,
 }
@@ -149,6 +151,7 @@ impl Context {
             superseded: Table::new(),
             created: Table::new(),
             deleted: Table::new(),
+            released: Table::new(),
             wake_jobs,
             wake_pools,
         };
@@ -306,6 +309,19 @@ impl Context {
     pub(super) fn deleting_pod(&self, key: &str, terminating: bool) -> bool {
         self.deleted
             .with(|deleted| pending(deleted, key, terminating))
+    }
+
+    /// Notes that the result finalizer of the executor pod `namespace/name` was removed.
+    pub(super) fn released_pod(&self, key: String) {
+        self.released
+            .with(|released| released.insert(key, Instant::now()));
+    }
+
+    /// Whether the result finalizer of the pod `namespace/name` was removed by this instance so
+    /// recently that the cache may still show it; `gone` says whether the cache shows it removed
+    /// (then it is forgotten).
+    pub(super) fn releasing_pod(&self, key: &str, gone: bool) -> bool {
+        self.released.with(|released| pending(released, key, gone))
     }
 
     /// A job of `pool` gave its slot back: reconcile the jobs waiting for one, and the pool's

@@ -63,6 +63,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Removing the result finalizer of an executor pod failed.
+    #[error(transparent)]
+    ReleasePod(#[from] crate::controller::result_finalizer::ReleaseError),
     /// Writing a job's status failed.
     #[error("failed to write status of DataJob {job}: {source}")]
     WriteStatus {
@@ -118,6 +121,7 @@ impl Error {
             Error::Panicked { .. } => "panic",
             Error::CreatePod { .. } => "create_pod",
             Error::DeletePod { .. } => "delete_pod",
+            Error::ReleasePod(_) => "release_pod",
             Error::WriteStatus { .. } => "write_status",
             Error::DeleteJob { .. } => "delete_job",
             Error::MalformedObject { .. } => "malformed_object",

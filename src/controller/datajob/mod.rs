@@ -236,11 +236,12 @@ async fn reconcile_job(job: &DataJob, ctx: &Context) -> Result<Action, Error> {
     apply::apply(job, ctx, &plan, observed.pool.as_deref()).await
 }
 
-/// A deleted job that still holds the finalizer: deletes its remaining executor pods and looks
-/// again soon. None once no pod is left (the finalizer helper then releases the job).
+/// A deleted job: deletes its remaining executor pods, removes their result finalizer, and
+/// looks again soon. None once no pod is left (the finalizer helper then releases the job).
+/// A job whose finalizer someone removed by hand but that a foreground deletion still holds
+/// gets the same, or its pods would hold it for ever.
 async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action>, Error> {
-    let holds_finalizer = job.finalizers().iter().any(|f| f == FINALIZER);
-    if job.metadata.deletion_timestamp.is_none() || !holds_finalizer {
+    if job.metadata.deletion_timestamp.is_none() {
         return Ok(None);
     }
     let namespace = job.namespace().unwrap_or_default();
@@ -253,6 +254,7 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
         Deletion::Wait {
             delete,
             force_delete,
+            release,
             remaining,
             poll,
         } => {
@@ -267,6 +269,7 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
                 .collect();
             let names: Vec<String> = force_delete.into_iter().map(|(pod, _)| pod).collect();
             apply::force_delete_pods(&pods, &namespace, &names).await?;
+            apply::release_pods(ctx, &pods, &namespace, &release).await?;
             apply::publish_events(&ctx.recorder, job, &events).await;
             info!(job = %object_key(job), remaining, "teardown in progress; waiting for executor pods to terminate");
             Ok(Some(Action::requeue(poll)))

@@ -135,6 +135,7 @@ pub fn observe_pod(pod: &Pod) -> ObservedPod {
         .map(|t| Termination {
             exit_code: t.exit_code,
             message: t.message.clone().unwrap_or_default(),
+            finished_at: t.finished_at.as_ref().map(|f| f.0),
         });
     let started_at = state
         .and_then(|s| s.running.as_ref().and_then(|r| r.started_at.clone()))
@@ -149,6 +150,8 @@ pub fn observe_pod(pod: &Pod) -> ObservedPod {
         phase,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         deletion_deadline: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
+        deletion_requested_at: deletion_requested_at(pod),
+        holds_result: holds_result(pod),
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         reason: status.and_then(|s| s.reason.clone()),
         message: status.and_then(|s| s.message.clone()),
@@ -163,6 +166,21 @@ pub fn observe_pod(pod: &Pod) -> ObservedPod {
             .filter(|c| c.status == "False")
             .and_then(|c| cause(c.reason.as_deref(), c.message.as_deref())),
     }
+}
+
+/// Whether the pod carries the result finalizer.
+pub fn holds_result(pod: &Pod) -> bool {
+    pod.finalizers()
+        .iter()
+        .any(|f| f == executor::RESULT_FINALIZER)
+}
+
+/// When the pod's deletion was asked for: its deletion timestamp minus its grace period (the
+/// API server keeps that difference when a later delete shortens the grace period).
+fn deletion_requested_at(pod: &Pod) -> Option<Timestamp> {
+    let deadline = pod.metadata.deletion_timestamp.as_ref()?.0;
+    let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+    Some(domain::clock::before(deadline, grace))
 }
 
 /// The nodes of the pods whose teardown is stuck, read from the API server (only those: a
@@ -257,8 +275,10 @@ fn cached_pods(ctx: &Context, job: &DataJob) -> Vec<ObservedPod> {
                 Some(pod) => {
                     ctx.expects_pod(&key, true);
                     let mut observed = observe_pod(&pod);
-                    // A pod this instance just deleted is terminating, whatever the cache says.
+                    // A pod this instance just deleted is terminating, whatever the cache says;
+                    // one it just released no longer holds the result finalizer.
                     observed.terminating |= ctx.deleting_pod(&key, observed.terminating);
+                    observed.holds_result &= !ctx.releasing_pod(&key, !observed.holds_result);
                     (pod.labels().get(LABEL_JOB_UID) == Some(&uid)).then_some(observed)
                 }
                 None => ctx
@@ -271,10 +291,12 @@ fn cached_pods(ctx: &Context, job: &DataJob) -> Vec<ObservedPod> {
     observed
 }
 
-/// A pod created a moment ago, as decide should see it: existing, not started.
+/// A pod created a moment ago, as decide should see it: existing, not started, a driver with
+/// its result finalizer.
 fn just_created(name: &str, role: Role) -> ObservedPod {
     ObservedPod {
         role: Some(role),
+        holds_result: role == Role::Driver,
         ..ObservedPod::new(name, PodPhase::Pending)
     }
 }

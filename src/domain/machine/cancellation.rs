@@ -37,6 +37,7 @@ pub fn on_deletion(
     Deletion::Wait {
         delete: teardown(pods),
         force_delete: judged.force_delete,
+        release: crate::domain::release::holders(pods),
         remaining: pods.len(),
         poll: TEARDOWN_POLL,
     }

@@ -10,7 +10,9 @@
 //! - `cancelled` is decided only when no executor pod of the job exists, and such a decision is
 //!   marked [`Plan::requires_absence`] so the caller confirms it with a fresh read first;
 //! - pods are only ever created under the one executor name recorded in status, and only once
-//!   that name is recorded.
+//!   that name is recorded;
+//! - a pod's result finalizer goes only once the status records the outcome or the teardown
+//!   ([`crate::domain::release`]).
 
 mod cancellation;
 mod finished;
@@ -195,6 +197,7 @@ impl<'a> Step<'a> {
             self.status.updated_at = Some(self.now());
         }
         Plan {
+            release_pods: super::release::releasable(&self.obs.pods, self.status.state),
             status: self.status,
             create: self.create,
             delete: self.delete,

@@ -18,10 +18,11 @@ impl Step<'_> {
         };
         let cluster_type = self.status.cluster_type.unwrap_or(ClusterType::Shared);
         let slots = executor::pod_slots(&executor, cluster_type, workers(&self.obs.spec));
+        // A driver that finished before anyone deleted it reported its own outcome; its pod's
+        // result finalizer kept it readable.
         if let Some(driver) = self.driver(&executor)
-            && !driver.terminating
             && !driver.is_evicted()
-            && driver.is_finished()
+            && driver.finished_before_deletion()
         {
             self.driver_finished(driver);
             return;
@@ -115,7 +116,9 @@ fn loss_of(slot: &PodSlot, pod: &ObservedPod) -> Option<(Reason, String)> {
         let message = format!("executor pod {} was evicted: {why}", pod.name);
         return Some((Reason::Evicted, message));
     }
-    let message = if pod.terminating {
+    // A driver that finished before its deletion is not lost: its report is read.
+    let reported = slot.role == Role::Driver && pod.finished_before_deletion();
+    let message = if pod.terminating && !reported {
         format!(
             "executor pod {} is being deleted by someone other than the operator",
             pod.name
