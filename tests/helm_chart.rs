@@ -203,7 +203,11 @@ fn namespaced_needs() -> Grants {
             &["get", "patch", "update"],
         ),
         ("datajob.dev", "datajobs/finalizers", &["update"]),
-        ("", "pods", &["get", "list", "watch", "create", "delete"]),
+        (
+            "",
+            "pods",
+            &["get", "list", "watch", "create", "delete", "patch"],
+        ),
         ("", "configmaps", &["get", "create"]),
         ("events.k8s.io", "events", &["create", "patch"]),
     ])
@@ -1241,7 +1245,12 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
     Access::of(&sa_user, &sa_groups)
         .can(
             elsewhere,
-            &["create pods", "delete pods", "create configmaps"],
+            &[
+                "create pods",
+                "delete pods",
+                "patch pods",
+                "create configmaps",
+            ],
         )
         .can(None, &["watch pods", "list datajobs.datajob.dev"])
         .can(

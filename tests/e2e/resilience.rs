@@ -1,13 +1,14 @@
-//! Failures around a job: executor pods lost, deadlines, TTL clean-up, and an operator replica
-//! dying while it leads.
+//! Failures around a job: executor pods lost, deadlines, TTL clean-up, an operator replica
+//! dying while it leads, and results that outlive their pod.
 
 use std::time::Duration;
 
 use datajob_operator::api::{DataJob, JobState};
+use datajob_operator::executor::RESULT_FINALIZER;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::support::*;
@@ -232,5 +233,85 @@ async fn a_teardown_stuck_on_a_lost_node_is_shown_then_force_deleted_when_the_no
                     .is_some_and(|n| n.contains("no longer exists"))),
         "the operator force-deleted the pod: {events:?}"
     );
+    env.finish().await;
+}
+
+fn holds_result(pod: &Pod) -> bool {
+    pod.finalizers().iter().any(|f| f == RESULT_FINALIZER)
+}
+
+/// Results are never lost: while the operator is down, the driver writes its result and exits,
+/// and its pod is deleted. The result finalizer keeps the pod (Terminating, its termination
+/// message readable); the restarted operator records `completed` with the result, then removes
+/// the finalizer and the pod goes.
+#[tokio::test]
+async fn a_result_survives_its_pod_being_deleted_while_the_operator_is_down() {
+    let mut env = env("e2e-result").await;
+    let job = env.create(datajob("precious")).await;
+    wait_state(&env.jobs, "precious", JobState::Running).await;
+    let pods = wait_pods_running(&env.pods, &job, 1).await;
+    let driver = pods[0].name_any();
+    assert!(holds_result(&pods[0]), "{:?}", pods[0].metadata.finalizers);
+    env.operator.kill();
+    exit_pod(&env.pods, &driver, 0, MATERIALIZE_RESULT).await;
+    wait_for(&env.pods, &driver, STEP, |p: &Pod| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+    })
+    .await;
+    // A finished pod is deleted at once (grace period 0): only the finalizer keeps it.
+    let deleted = env
+        .pods
+        .delete(&driver, &DeleteParams::default())
+        .await
+        .expect("delete the driver pod");
+    let held = deleted.left().expect("the pod is kept, not removed");
+    assert!(held.metadata.deletion_timestamp.is_some() && holds_result(&held));
+    env.operator.restart();
+    let completed = wait_state(&env.jobs, "precious", JobState::Completed).await;
+    let status = completed.status.expect("status");
+    assert!(status.failures.is_empty(), "{:?}", status.failures);
+    let result =
+        serde_json::to_value(status.result.expect("the result is recorded")).expect("result json");
+    assert_eq!(
+        result["snapshotId"].as_u64(),
+        Some(MATERIALIZE_SNAPSHOT_ID),
+        "{result}"
+    );
+    wait_deleted(&env.pods, &driver, STEP).await;
+    env.finish().await;
+}
+
+/// A pod whose DataJob is gone (its teardown finalizer removed by hand while the operator was
+/// down) does not leak: the operator removes its result finalizer when it starts.
+#[tokio::test]
+async fn a_driver_pod_whose_datajob_is_gone_is_released() {
+    let mut env = env("e2e-orphan").await;
+    let job = env.create(datajob("abandoned").grace_period(1)).await;
+    wait_state(&env.jobs, "abandoned", JobState::Running).await;
+    let driver = wait_pods_running(&env.pods, &job, 1).await[0].name_any();
+    env.operator.kill();
+    let unfinalize = json!({ "metadata": { "finalizers": null } });
+    env.jobs
+        .patch(
+            "abandoned",
+            &PatchParams::default(),
+            &Patch::Merge(&unfinalize),
+        )
+        .await
+        .expect("remove the DataJob's finalizer by hand");
+    env.jobs
+        .delete("abandoned", &DeleteParams::background())
+        .await
+        .expect("delete the DataJob");
+    wait_deleted(&env.jobs, "abandoned", STEP).await;
+    // Garbage collection deletes the pod; its container is stopped after the grace period.
+    let stuck = wait_for(&env.pods, &driver, STEP, |p: &Pod| {
+        p.metadata.deletion_timestamp.is_some()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+    })
+    .await;
+    assert!(holds_result(&stuck));
+    env.operator.restart();
+    wait_deleted(&env.pods, &driver, STEP).await;
     env.finish().await;
 }

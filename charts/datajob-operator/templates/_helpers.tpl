@@ -86,9 +86,10 @@ of values.watchNamespace.
 - apiGroups: ["datajob.dev"]
   resources: ["datajobs/finalizers"]
   verbs: ["update"]
+# patch: only to remove the driver pod's result finalizer datajob.dev/result.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
 # The job's query as an immutable ConfigMap owned by the job (get: check who owns one that exists).
 - apiGroups: [""]
   resources: ["configmaps"]
