@@ -313,5 +313,10 @@ async fn a_driver_pod_whose_datajob_is_gone_is_released() {
     assert!(holds_result(&stuck));
     env.operator.restart();
     wait_deleted(&env.pods, &driver, STEP).await;
+    let released = "released an executor pod whose DataJob is gone";
+    eventually(released, STEP, async || {
+        env.operator.logged(released).then_some(())
+    })
+    .await;
     env.finish().await;
 }
