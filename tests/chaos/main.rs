@@ -613,10 +613,15 @@ async fn main() {
                     .as_ref()
                     .and_then(|s| s.phase.as_deref())
                     .is_some_and(|p| p == "Succeeded" || p == "Failed");
+                // A finished job's pods must not stay held by the result finalizer.
+                let held = pod
+                    .finalizers()
+                    .iter()
+                    .any(|f| f == datajob_operator::executor::RESULT_FINALIZER);
                 match uid.and_then(|u| by_uid.get(u.as_str())) {
                     None => true,
                     Some(job) if job.deleted || job.state == "cancelled" => true,
-                    Some(job) if recorder::is_terminal(&job.state) => !finished,
+                    Some(job) if recorder::is_terminal(&job.state) => !finished || held,
                     Some(_) => false,
                 }
             })
