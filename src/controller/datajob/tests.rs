@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
 use super::*;
+use crate::executor::RESULT_FINALIZER;
 use crate::telemetry::Metrics;
 
 fn job() -> DataJob {
@@ -307,4 +308,54 @@ async fn a_panicking_reconcile_becomes_an_error_not_a_dead_process() {
         error.retry_after(3).is_some(),
         "a panicked job is retried with back-off"
     );
+}
+
+#[tokio::test]
+async fn a_torn_down_pod_loses_only_its_result_finalizer_read_again_when_the_index_is_stale() {
+    let (ctx, mut server) = mocked();
+    let mut datajob = job();
+    datajob.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+    let driver = format!("{PODS_PATH}/dj-j-abcdef12-driver");
+    let pod = |finalizers: &[&str]| {
+        json!({ "metadata": { "name": "dj-j-abcdef12-driver", "namespace": "ns",
+                              "finalizers": finalizers } })
+    };
+    let held = pod(&["example.com/other", RESULT_FINALIZER]);
+    let api_server = tokio::spawn(async move {
+        let (_, send) = expect(&mut server, "GET", PODS_PATH).await;
+        let pods =
+            json!({ "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [held] });
+        reply(send, StatusCode::OK, pods);
+        let (_, send) = expect(&mut server, "DELETE", &driver).await;
+        reply(send, StatusCode::OK, held.clone());
+        // Not cached: read, then a test-and-remove at its index.
+        let (_, send) = expect(&mut server, "GET", &driver).await;
+        reply(send, StatusCode::OK, held.clone());
+        let (patch, send) = expect(&mut server, "PATCH", &driver).await;
+        let content_type = patch.headers().get("content-type").expect("content type");
+        assert_eq!(content_type, "application/json-patch+json");
+        let at = |i: usize| format!("/metadata/finalizers/{i}");
+        let expected = json!([
+            { "op": "test", "path": at(1), "value": RESULT_FINALIZER },
+            { "op": "remove", "path": at(1) },
+        ]);
+        assert_eq!(patch.body(), &expected);
+        // The other finalizer went meanwhile: the test fails, the pod is read again.
+        let stale = failure(422, "Invalid", "the test operation failed");
+        reply(send, StatusCode::UNPROCESSABLE_ENTITY, stale);
+        let (_, send) = expect(&mut server, "GET", &driver).await;
+        reply(send, StatusCode::OK, pod(&[RESULT_FINALIZER]));
+        let (patch, send) = expect(&mut server, "PATCH", &driver).await;
+        assert_eq!(patch.body()[1], json!({ "op": "remove", "path": at(0) }));
+        reply(send, StatusCode::OK, pod(&[]));
+        server
+    });
+    let ctx = Arc::new(ctx);
+    let action = reconcile(Arc::new(datajob), ctx.clone())
+        .await
+        .expect("waiting is no error");
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    let ctx = Arc::into_inner(ctx).expect("the only reference");
+    assert!(ctx.releasing_pod("ns/dj-j-abcdef12-driver", false), "noted");
+    no_more_calls(ctx, api_server, "one removal").await;
 }
