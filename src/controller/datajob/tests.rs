@@ -234,13 +234,19 @@ async fn waiting_for_a_deleted_jobs_pods_to_terminate_is_not_an_error() {
         reply(send, StatusCode::OK, pod);
         server
     });
+    let ctx = reconcile_waiting_teardown(ctx, datajob).await;
+    no_more_calls(ctx, api_server, "the finalizer stays while a pod remains").await;
+}
+
+/// Reconciles the deleted `datajob`, which waits for its pods (a requeue, no error); returns
+/// the context.
+async fn reconcile_waiting_teardown(ctx: Context, datajob: DataJob) -> Context {
     let ctx = Arc::new(ctx);
     let action = reconcile(Arc::new(datajob), ctx.clone())
         .await
         .expect("waiting is no error");
     assert_eq!(action, Action::requeue(Duration::from_secs(2)));
-    let ctx = Arc::into_inner(ctx).expect("the only reference");
-    no_more_calls(ctx, api_server, "the finalizer stays while a pod remains").await;
+    Arc::into_inner(ctx).expect("the only reference")
 }
 
 /// The next request, which must be `method` on `path`.
@@ -350,12 +356,7 @@ async fn a_torn_down_pod_loses_only_its_result_finalizer_read_again_when_the_ind
         reply(send, StatusCode::OK, pod(&[]));
         server
     });
-    let ctx = Arc::new(ctx);
-    let action = reconcile(Arc::new(datajob), ctx.clone())
-        .await
-        .expect("waiting is no error");
-    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
-    let ctx = Arc::into_inner(ctx).expect("the only reference");
+    let ctx = reconcile_waiting_teardown(ctx, datajob).await;
     assert!(ctx.releasing_pod("ns/dj-j-abcdef12-driver", false), "noted");
     no_more_calls(ctx, api_server, "one removal").await;
 }
