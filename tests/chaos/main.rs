@@ -112,8 +112,9 @@ fn args() -> Args {
 /// What a job is made to do.
 #[derive(Clone, Copy, Debug)]
 enum Fate {
-    /// The driver exits 0 with a result (sometimes a late, ignored cancel follows).
-    Complete { late_cancel: bool },
+    /// The driver exits 0 with a result (sometimes a late, ignored cancel follows; sometimes its
+    /// pod is deleted once it finished, and the result must survive that).
+    Complete { late_cancel: bool, delete_pod: bool },
     /// The driver exits non-zero.
     Fail,
     /// Cancelled at a random moment (pending or running).
@@ -128,6 +129,7 @@ fn fate(rng: &mut Rng) -> Fate {
     match rng.below(100) {
         0..40 => Fate::Complete {
             late_cancel: rng.chance(20),
+            delete_pod: rng.chance(30),
         },
         40..55 => Fate::Fail,
         55..80 => Fate::Cancel,
@@ -276,7 +278,8 @@ async fn cancel(jobs: &Api<DataJob>, name: &str) {
     retry(|| jobs.patch(name, &params, &patch)).await;
 }
 
-/// Plays one job's fate.
+/// Plays one job's fate; true when the job must end `completed` although its driver's pod was
+/// deleted after it reported (results are never lost).
 async fn play(
     jobs: Api<DataJob>,
     pods: Api<Pod>,
@@ -285,7 +288,7 @@ async fn play(
     fate: Fate,
     forecast: bool,
     mut rng: Rng,
-) {
+) -> bool {
     let result = if forecast {
         FORECAST_RESULT
     } else {
@@ -301,20 +304,26 @@ async fn play(
             let params = DeleteParams::default();
             retry(|| jobs.delete(&name, &params)).await;
         }
-        Fate::Complete { late_cancel } => {
+        Fate::Complete {
+            late_cancel,
+            delete_pod,
+        } => {
             let Some(driver) = driver_running(&record, &name).await else {
-                return;
+                return false;
             };
             tokio::time::sleep(rng.millis(0, 3000)).await;
             exit_driver(&pods, &driver, 0, result).await;
+            let deleted =
+                delete_pod && delete_when_finished(&pods, &record, &driver, &mut rng).await;
             if late_cancel {
                 tokio::time::sleep(rng.millis(0, 2000)).await;
                 cancel(&jobs, &name).await;
             }
+            return deleted && !late_cancel;
         }
         Fate::Fail => {
             let Some(driver) = driver_running(&record, &name).await else {
-                return;
+                return false;
             };
             tokio::time::sleep(rng.millis(0, 3000)).await;
             exit_driver(
@@ -327,12 +336,37 @@ async fn play(
         }
         Fate::Race => {
             let Some(driver) = driver_running(&record, &name).await else {
-                return;
+                return false;
             };
             tokio::time::sleep(rng.millis(0, 3000)).await;
             tokio::join!(exit_driver(&pods, &driver, 0, result), cancel(&jobs, &name));
         }
     }
+    false
+}
+
+/// Once the driver's pod Succeeded (within a minute), deletes it as a user or the pod garbage
+/// collector would; true when it did.
+async fn delete_when_finished(
+    pods: &Api<Pod>,
+    record: &Shared,
+    driver: &str,
+    rng: &mut Rng,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let succeeded = || {
+        let r = record.lock().expect("record");
+        r.pods.get(driver).is_some_and(|p| p.phase == "Succeeded")
+    };
+    while !succeeded() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(rng.millis(0, 1000)).await;
+    let params = DeleteParams::default();
+    retry(|| pods.delete(driver, &params)).await
 }
 
 /// The Lease's holder, if it can be read.
@@ -540,14 +574,18 @@ async fn main() {
                 let (jobs, pods, record, rng) =
                     (jobs.clone(), pods.clone(), record.clone(), Rng(rng.next()));
                 players.push(tokio::spawn(async move {
-                    play(jobs, pods, record, name, fate, forecast, rng).await;
+                    let must_complete =
+                        play(jobs, pods, record, name.clone(), fate, forecast, rng).await;
                     drop(permit);
+                    must_complete.then_some(name)
                 }));
                 tokio::time::sleep(per_job).await;
             }
+            let mut must_complete = Vec::new();
             for player in players {
-                let _ = player.await;
+                must_complete.extend(player.await.ok().flatten());
             }
+            must_complete
         })
     };
 
@@ -575,6 +613,7 @@ async fn main() {
     while !creator.is_finished() {
         control.pass(Duration::from_secs(1)).await;
     }
+    let must_complete = creator.await.unwrap_or_default();
 
     // Settle: every job terminal, then every pod that should go gone.
     let settle = Duration::from_secs(300 + args.jobs as u64 / 2);
@@ -683,6 +722,20 @@ async fn main() {
         *outcomes.entry(outcome).or_default() += 1;
     }
     eprintln!("chaos: outcomes {outcomes:?}");
+    let lost_results: Vec<String> = must_complete
+        .iter()
+        .filter(|n| {
+            r.jobs
+                .get(*n)
+                .is_some_and(|j| !j.deleted && j.state != "completed")
+        })
+        .map(|n| format!("{n} ended {:?}", r.jobs.get(n).map(|j| j.state.as_str())))
+        .collect();
+    eprintln!(
+        "chaos: {} driver pods deleted after they reported; results lost: {}",
+        must_complete.len(),
+        lost_results.len()
+    );
     eprintln!(
         "chaos: {} watch re-lists; {} operator processes restarted after they stopped leading; {} operator writes and {} Lease writes in the audit log; {} writes refused by the fence; frozen leader stopped by itself: {:?}; took {:?}",
         r.relists,
@@ -699,6 +752,7 @@ async fn main() {
         }
     };
     show("leaked pod", &leaked_pods);
+    show("lost result", &lost_results);
     show("stuck job", &stuck);
     show("illegal transition", &illegal);
     show(
@@ -729,6 +783,7 @@ async fn main() {
         findings.stale.len()
     );
     let clean = leaked_pods.is_empty()
+        && lost_results.is_empty()
         && stuck.is_empty()
         && illegal.is_empty()
         && two_executors.is_empty()
