@@ -64,6 +64,7 @@ impl Job {
                 rejection: None,
                 create_refusal: None,
                 refusal: None,
+                arrival: None,
             },
         }
     }
@@ -191,6 +192,25 @@ fn first_reconcile_records_pending_with_job_id_and_executor_and_plans_its_pods()
     assert_eq!(job.obs.status.active_executors, Some(1));
     assert_eq!(reasons(&plan), ["Pending"], "one event: the state change");
     assert_eq!(condition(&job, "Reconciling"), "True");
+}
+
+#[test]
+fn the_pending_record_keeps_the_arrival_the_watch_saw_and_never_rewrites_it() {
+    let arrival = Timestamp::from_microsecond(1_799_999_999_123_456).expect("time");
+    let mut job = Job::new(ClusterType::Shared);
+    job.obs.arrival = Some(arrival);
+    job.step();
+    let recorded = job.obs.status.arrived_at.clone().map(|t| t.0);
+    assert_eq!(recorded, Some(arrival), "to the microsecond");
+    job.obs.arrival = None;
+    job.step();
+    assert_eq!(job.obs.status.arrived_at.map(|t| t.0), Some(arrival));
+    let mut listed = Job::new(ClusterType::Shared);
+    listed.step();
+    assert_eq!(
+        listed.obs.status.arrived_at, None,
+        "a job first seen in a list"
+    );
 }
 
 #[test]
