@@ -105,7 +105,12 @@ async fn create_executor(
         return Ok(Creation::Done);
     }
     let template = ExecutorTemplate::resolve(job, plan.cluster_type(), pool, &ctx.defaults)?;
-    let created = match create_query(ctx, job, &template).await {
+    let query = if template.query_file() {
+        create_query(ctx, job, &template).await
+    } else {
+        Ok(Creation::Done)
+    };
+    let created = match query {
         Ok(Creation::Done) => create_pods(ctx, pods, job, &template, plan).await,
         other => other,
     };
