@@ -7,7 +7,8 @@
 //! in kube-runtime 5 that future wakes only the task that polled it last, and the controller's
 //! runner waits on the same store (docs/resilience.md). DataJobs and ComputePools are read
 //! through `DeserializeGuard` ([`super::undecodable`]); pods are cached stripped
-//! (`executor::cache::strip_pod`). [`Cache::subscribe`] hands a controller every cached object,
+//! (`executor::cache::strip_pod`), DataJobs and ComputePools without managed fields and
+//! annotations ([`lean_metadata`]). [`Cache::subscribe`] hands a controller every cached object,
 //! then every change, and every object again after each (re-)list (unbounded, so a controller
 //! that is not running never holds a watch back).
 
@@ -270,7 +271,18 @@ fn guarded<K: Watched>(
                 Err(error) => Some(Err(error)),
             })
         })
+        .modify(lean_metadata)
         .boxed()
+}
+
+/// Drops what no controller reads from a cached object's metadata: managed fields (every
+/// server-side apply of the status adds to them) and annotations (`kubectl apply` keeps the
+/// whole last-applied manifest there, the query included), so a cached DataJob holds its
+/// spec and status once.
+pub fn lean_metadata<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
 }
 
 /// An API for the namespace the instance watches, or for all namespaces.
@@ -362,5 +374,24 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["listed", "created"]);
+    }
+
+    #[test]
+    fn cached_jobs_keep_labels_and_finalizers_but_not_managed_fields_or_annotations() {
+        let mut job: DataJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "datajob.dev/v1alpha1", "kind": "DataJob",
+            "metadata": {
+                "name": "j", "namespace": "ns", "labels": { "team": "a" },
+                "finalizers": ["datajob.dev/teardown"],
+                "annotations": { "kubectl.kubernetes.io/last-applied-configuration": "{}" },
+                "managedFields": [{ "manager": "datajob-operator", "operation": "Apply" }],
+            },
+            "spec": { "type": "nql-forecast", "input": { "nql": "x" }, "dataPlane": "dp" },
+        }))
+        .expect("job");
+        lean_metadata(&mut job);
+        assert!(job.metadata.managed_fields.is_none() && job.metadata.annotations.is_none());
+        assert_eq!(job.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+        assert_eq!(job.metadata.finalizers.as_ref().map(|f| f.len()), Some(1));
     }
 }
