@@ -1005,3 +1005,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_deleted_jobs_stuck_teardown_is_shown_once_naming_pod_and_node() {
+    use datajob_operator::domain::{Deletion, on_deletion, stalled_deletion, teardown};
+    let deadline = Timestamp::from_second(1_800_000_000).expect("time");
+    let pod = ObservedPod {
+        terminating: true,
+        deletion_deadline: Some(deadline),
+        node: Some("node-7".to_string()),
+        ..ObservedPod::new("dj-x-driver", PodPhase::Running)
+    };
+    let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("time");
+    let Deletion::Wait { stuck, poll, .. } =
+        on_deletion(std::slice::from_ref(&pod), &Default::default(), at(10))
+    else {
+        panic!("a pod remains");
+    };
+    assert_eq!(stuck, None, "within the margin a teardown is not stuck");
+    assert_eq!(poll, Duration::from_secs(2));
+    let Deletion::Wait { stuck, poll, .. } =
+        on_deletion(std::slice::from_ref(&pod), &Default::default(), at(45))
+    else {
+        panic!("a pod remains");
+    };
+    let message = stuck.expect("stuck past the grace period and the margin");
+    assert!(
+        message.contains("dj-x-driver") && message.contains("node-7"),
+        "{message}"
+    );
+    assert_eq!(poll, teardown::STUCK_POLL);
+    let status = DataJobStatus {
+        state: Some(JobState::Running),
+        ..DataJobStatus::default()
+    };
+    let shown = stalled_deletion(&status, &message, at(45), 3).expect("shown");
+    assert_eq!(
+        shown.state,
+        Some(JobState::Running),
+        "a deletion changes no state"
+    );
+    let stalled = shown.conditions.iter().find(|c| c.type_ == "Stalled");
+    let stalled = stalled.expect("Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "TeardownStuck")
+    );
+    assert_eq!(stalled.message, message);
+    assert_eq!(
+        stalled_deletion(&shown, &message, at(55), 3),
+        None,
+        "an unchanged stuck teardown is written once"
+    );
+}

@@ -270,6 +270,9 @@ pub enum Deletion {
         remaining: usize,
         /// When to look again.
         poll: Duration,
+        /// What the job shows while a pod's teardown is stuck (naming pods and nodes), if one
+        /// is.
+        stuck: Option<String>,
     },
 }
 

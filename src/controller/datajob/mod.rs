@@ -29,7 +29,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{debug, info, warn};
 
 use crate::api::{ComputePool, DataJob};
-use crate::controller::kube_util::object_key;
+use crate::controller::kube_util::{self, object_key};
 use crate::domain::{self, Deletion, EventKind, JobEvent, Observation, Reason};
 pub use context::{Config, Context, Stores};
 pub use error::Error;
@@ -283,9 +283,10 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
             force_delete,
             remaining,
             poll,
+            stuck,
         } => {
             apply::delete_pods(&pods, &namespace, &delete).await?;
-            let events: Vec<JobEvent> = force_delete
+            let mut events: Vec<JobEvent> = force_delete
                 .iter()
                 .map(|(pod, why)| JobEvent {
                     kind: EventKind::Warning,
@@ -295,11 +296,43 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
                 .collect();
             let names: Vec<String> = force_delete.into_iter().map(|(pod, _)| pod).collect();
             apply::force_delete_pods(&pods, &namespace, &names).await?;
+            if let Some(message) = stuck {
+                events.extend(show_stuck_teardown(job, ctx, message, now).await?);
+            }
             apply::publish_events(&ctx.recorder, job, &events).await;
             info!(job = %object_key(job), remaining, "teardown in progress; waiting for executor pods to terminate");
             Ok(Some(Action::requeue(poll)))
         }
     }
+}
+
+/// A deleted job whose teardown is stuck shows it: `Stalled=True`/`TeardownStuck` naming the
+/// pods and nodes (`kubectl delete` waits on the finalizer meanwhile), and a Warning event the
+/// first time. Nothing is written while the job already shows exactly that.
+async fn show_stuck_teardown(
+    job: &DataJob,
+    ctx: &Context,
+    message: String,
+    now: jiff::Timestamp,
+) -> Result<Option<JobEvent>, Error> {
+    let status = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation.unwrap_or(0);
+    let Some(next) = domain::stalled_deletion(&status, &message, now, generation) else {
+        return Ok(None);
+    };
+    let jobs = ctx.jobs_api(&job.namespace().unwrap_or_default());
+    kube_util::apply_status(&jobs, job, &next, kube_util::Guard::None)
+        .await
+        .map_err(|source| Error::WriteStatus {
+            job: object_key(job),
+            source,
+        })?;
+    warn!(job = %object_key(job), %message, "the teardown of a deleted job is stuck");
+    Ok(Some(JobEvent {
+        kind: EventKind::Warning,
+        reason: Reason::TeardownStuck,
+        message,
+    }))
 }
 
 /// Deletion, once every executor pod is gone: forget the job. (Its slot goes back when the
