@@ -130,6 +130,47 @@ async fn main() {
         }
     }
     print_tables(&results, runs);
+    let csv = cli::arg("--csv").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/versus.csv"),
+        PathBuf::from,
+    );
+    write_csv(&results, &csv);
+}
+
+/// Writes the medians (one row per N, scenario and controller) as CSV for
+/// hack/plot-bench.sh.
+fn write_csv(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, path: &std::path::Path) {
+    let mut out = String::from(
+        "n,scenario,kind,runs,client_s,wall_s,p50_ms,p99_ms,writes,conflicts,cpu_s,rss_mib\n",
+    );
+    for ((size, scenario, kind), measures) in results {
+        let actor = match kind {
+            Kind::Job => JOB_CONTROLLER,
+            Kind::DataJob => OPERATOR,
+        };
+        let r = row(measures, actor, *size);
+        out.push_str(&format!(
+            "{size},{},{kind:?},{},{:.3},{:.3},{:.1},{:.1},{:.3},{:.3},{:.2},{:.1}\n",
+            scenario.name(),
+            measures.len(),
+            r.client_s,
+            r.wall_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.writes,
+            r.conflicts,
+            r.cpu_s,
+            r.rss_mib
+        ));
+    }
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, out));
+    match written {
+        Ok(()) => eprintln!("medians written to {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
 }
 
 struct Bench {

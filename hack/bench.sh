@@ -9,7 +9,8 @@
 #
 # --side-by-side runs benches/versus.rs instead: batch/v1 Jobs against DataJobs on the same
 # cluster (stream, cancel storm, backlog), with ratios. The API server keeps an audit log of
-# writes (hack/cluster.sh --audit), from which both benchmarks count writes per job.
+# writes (hack/cluster.sh --audit), from which both benchmarks count writes per job. It also
+# writes the medians to target/bench/versus.csv and draws them to target/bench/versus.png.
 # DATAJOB_BENCH_CLUSTER names the cluster too; DATAJOB_BENCH_NODES fake nodes (default 30).
 # Other arguments go to the benchmark.
 set -euo pipefail
@@ -23,7 +24,7 @@ BENCH=scale
 BENCH_ARGS=()
 bench_option() {
   case $1 in
-    -h | --help) usage 14; exit 0 ;;
+    -h | --help) usage 15; exit 0 ;;
     --side-by-side) BENCH=versus; OPTION_ARGS=1 ;;
     *) BENCH_ARGS+=("$1"); OPTION_ARGS=1 ;;
   esac
@@ -39,3 +40,11 @@ log "starting cluster '$NAME'"
 "${CLUSTER[@]}" up >/dev/null
 eval "$("${CLUSTER[@]}" env)"
 cargo bench --bench "$BENCH" -- --operator "$ROOT/target/release/datajob-operator" "${BENCH_ARGS[@]}"
+if [[ $BENCH == versus ]]; then
+  # The medians as a PNG beside the CSV (matplotlib from a venv: hack/plot-bench.sh).
+  if hack/plot-bench.sh target/bench/versus.csv target/bench/versus.png "Jobs and DataJobs side by side ($(date -u +%F), $(git rev-parse --short HEAD))"; then
+    log "plot: target/bench/versus.png (medians: target/bench/versus.csv)"
+  else
+    log "no plot (hack/plot-bench.sh failed); the medians are in target/bench/versus.csv"
+  fi
+fi

@@ -967,26 +967,54 @@ async fn run_time_faults_end_in_defined_reasons_and_the_operator_stays_up() {
         "the operator process is still running"
     );
 
-    // After the whole catalogue, a normal job still completes.
+    // After the whole catalogue, a normal job still completes. Its query fits the
+    // environment: it goes inline, with no ConfigMap, volume or file variable.
     let normal = job("normal", json!({ "clusterType": "shared" }));
     let done = run_to_completion(&jobs, &pods, &normal).await;
-    // The query reaches the executor as read-only files of an immutable ConfigMap of the job.
     let uid = done.uid().expect("uid");
-    let query = Api::<ConfigMap>::namespaced(client.clone(), ns.name())
-        .get(&executor::query_config_map_name(&uid))
-        .await
-        .expect("the query ConfigMap");
-    assert_eq!(query.immutable, Some(true));
-    assert_eq!(query.owner_references()[0].uid, uid);
-    assert_eq!(
-        query.data.as_ref().and_then(|d| d.get("nql")),
-        Some(&done.spec.input.nql)
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns.name());
+    assert!(
+        config_maps
+            .get_opt(&executor::query_config_map_name(&uid))
+            .await
+            .expect("read ConfigMaps")
+            .is_none(),
+        "a short query needs no ConfigMap"
     );
     let driver = &job_pods(&pods, &done).await[0];
     let container = &driver.spec.as_ref().expect("spec").containers[0];
     let env = container.env.as_ref().expect("env");
+    assert!(env.iter().any(
+        |e| e.name == "DATAJOB_NQL" && e.value.as_deref() == Some(done.spec.input.nql.as_str())
+    ));
+    assert!(!env.iter().any(|e| e.name.ends_with("_FILE")));
+    assert!(container.volume_mounts.is_none());
+    // A query too long for the environment reaches the executor as read-only files of an
+    // immutable ConfigMap of the job.
+    let long_query = format!("SELECT '{}'", "q".repeat(100 * 1024));
+    let long = job("long-query", json!({ "input": { "nql": long_query } }));
+    let long = run_to_completion(&jobs, &pods, &long).await;
+    let long_uid = long.uid().expect("uid");
+    let query = config_maps
+        .get(&executor::query_config_map_name(&long_uid))
+        .await
+        .expect("the query ConfigMap");
+    assert_eq!(query.immutable, Some(true));
+    assert_eq!(query.owner_references()[0].uid, long_uid);
+    assert_eq!(
+        query.data.as_ref().and_then(|d| d.get("nql")),
+        Some(&long.spec.input.nql)
+    );
+    let long_driver = &job_pods(&pods, &long).await[0];
+    let container = &long_driver.spec.as_ref().expect("spec").containers[0];
+    let env = container.env.as_ref().expect("env");
     assert!(env.iter().any(|e| e.name == "DATAJOB_NQL_FILE"
         && e.value.as_deref() == Some("/var/run/datajob/query/nql")));
+    assert!(
+        env.iter()
+            .any(|e| e.name == "DATAJOB_NQL" && e.value.as_deref().unwrap_or_default().is_empty()),
+        "the text too long for the environment is not inline"
+    );
     assert!(
         container.volume_mounts.as_ref().expect("mounts")[0].read_only == Some(true),
         "the query is mounted read-only"

@@ -68,6 +68,7 @@ impl Job {
                 rejection: None,
                 create_refusal: None,
                 refusal: None,
+                arrival: None,
             },
         }
     }
@@ -216,6 +217,25 @@ fn first_reconcile_records_pending_with_job_id_and_executor_and_plans_its_pods()
     assert_eq!(job.obs.status.active_executors, Some(1));
     assert_eq!(reasons(&plan), ["Pending"], "one event: the state change");
     assert_eq!(condition(&job, "Reconciling"), "True");
+}
+
+#[test]
+fn the_pending_record_keeps_the_arrival_the_watch_saw_and_never_rewrites_it() {
+    let arrival = Timestamp::from_microsecond(1_799_999_999_123_456).expect("time");
+    let mut job = Job::new(ClusterType::Shared);
+    job.obs.arrival = Some(arrival);
+    job.step();
+    let recorded = job.obs.status.arrived_at.clone().map(|t| t.0);
+    assert_eq!(recorded, Some(arrival), "to the microsecond");
+    job.obs.arrival = None;
+    job.step();
+    assert_eq!(job.obs.status.arrived_at.map(|t| t.0), Some(arrival));
+    let mut listed = Job::new(ClusterType::Shared);
+    listed.step();
+    assert_eq!(
+        listed.obs.status.arrived_at, None,
+        "a job first seen in a list"
+    );
 }
 
 #[test]
@@ -1024,4 +1044,57 @@ proptest! {
             prop_assert!(job.obs.pods.iter().all(|p| !p.holds_result), "{:?}", job.obs.pods);
         }
     }
+}
+
+#[test]
+fn a_deleted_jobs_stuck_teardown_is_shown_once_naming_pod_and_node() {
+    use datajob_operator::domain::{Deletion, on_deletion, stalled_deletion, teardown};
+    let deadline = Timestamp::from_second(1_800_000_000).expect("time");
+    let pod = ObservedPod {
+        terminating: true,
+        deletion_deadline: Some(deadline),
+        node: Some("node-7".to_string()),
+        ..ObservedPod::new("dj-x-driver", PodPhase::Running)
+    };
+    let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("time");
+    let Deletion::Wait { stuck, poll, .. } =
+        on_deletion(std::slice::from_ref(&pod), &Default::default(), at(10))
+    else {
+        panic!("a pod remains");
+    };
+    assert_eq!(stuck, None, "within the margin a teardown is not stuck");
+    assert_eq!(poll, Duration::from_secs(2));
+    let Deletion::Wait { stuck, poll, .. } =
+        on_deletion(std::slice::from_ref(&pod), &Default::default(), at(45))
+    else {
+        panic!("a pod remains");
+    };
+    let message = stuck.expect("stuck past the grace period and the margin");
+    assert!(
+        message.contains("dj-x-driver") && message.contains("node-7"),
+        "{message}"
+    );
+    assert_eq!(poll, teardown::STUCK_POLL);
+    let status = DataJobStatus {
+        state: Some(JobState::Running),
+        ..DataJobStatus::default()
+    };
+    let shown = stalled_deletion(&status, &message, at(45), 3).expect("shown");
+    assert_eq!(
+        shown.state,
+        Some(JobState::Running),
+        "a deletion changes no state"
+    );
+    let stalled = shown.conditions.iter().find(|c| c.type_ == "Stalled");
+    let stalled = stalled.expect("Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "TeardownStuck")
+    );
+    assert_eq!(stalled.message, message);
+    assert_eq!(
+        stalled_deletion(&shown, &message, at(55), 3),
+        None,
+        "an unchanged stuck teardown is written once"
+    );
 }

@@ -75,6 +75,7 @@ fn observed(state: JobState, started: Timestamp, now: Timestamp, spec: DataJobSp
         rejection: None,
         create_refusal: None,
         refusal: None,
+        arrival: None,
     }
 }
 

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -345,6 +345,13 @@ pub struct DataJobStatus {
     /// When the operator first saw the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Time>,
+
+    /// When the operator's watch first delivered the job, to the microsecond. A limited compute
+    /// pool admits the jobs waiting for a slot in the order of `creationTimestamp` (whole
+    /// seconds), then of this time; a job the operator first saw in a list (created while no
+    /// operator ran) has none and comes after those of its second, by namespace and name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived_at: Option<MicroTime>,
 
     /// When the status last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

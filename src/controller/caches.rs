@@ -7,7 +7,8 @@
 //! in kube-runtime 5 that future wakes only the task that polled it last, and the controller's
 //! runner waits on the same store (docs/resilience.md). DataJobs and ComputePools are read
 //! through `DeserializeGuard` ([`super::undecodable`]); pods are cached stripped
-//! (`executor::cache::strip_pod`). [`Cache::subscribe`] hands a controller every cached object,
+//! (`executor::cache::strip_pod`), DataJobs and ComputePools without managed fields and
+//! annotations ([`lean_metadata`]). [`Cache::subscribe`] hands a controller every cached object,
 //! then every change, and every object again after each (re-)list (unbounded, so a controller
 //! that is not running never holds a watch back).
 
@@ -20,7 +21,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ObjectMeta};
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{Store, store::Writer};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -28,6 +29,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::datajob::{Config, Stores};
+use super::index::{CacheIndex, JobIndex};
 use super::undecodable::{self, Undecodable};
 use crate::api::{ComputePool, DataJob};
 use crate::executor;
@@ -52,12 +54,14 @@ impl<K> Watched for K where
 /// A watch's events, as a cache takes them.
 type Events<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
 
-/// One cache: a store, whether it has listed its objects once, and its subscribers.
+/// One cache: a store, whether it has listed its objects once, its subscribers, and an index
+/// kept beside the store, if it has one.
 pub struct Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
     store: Store<K>,
     synced: Arc<AtomicBool>,
     synced_signal: Arc<Notify>,
     subscribers: Arc<Mutex<Vec<UnboundedSender<Arc<K>>>>>,
+    index: Option<Arc<dyn CacheIndex<K>>>,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Cache<K> {
@@ -67,19 +71,26 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Cache<K> {
             synced: self.synced.clone(),
             synced_signal: self.synced_signal.clone(),
             subscribers: self.subscribers.clone(),
+            index: self.index.clone(),
         }
     }
 }
 
 impl<K: Watched> Cache<K> {
-    /// Starts feeding `events` into a new cache (on the current runtime).
-    fn start(kind: &'static str, events: Events<K>, synced_signal: Arc<Notify>) -> Self {
+    /// Starts feeding `events` into a new cache (on the current runtime), and into `index`.
+    fn start(
+        kind: &'static str,
+        events: Events<K>,
+        synced_signal: Arc<Notify>,
+        index: Option<Arc<dyn CacheIndex<K>>>,
+    ) -> Self {
         let writer: Writer<K> = Writer::default();
         let cache = Cache {
             store: writer.as_reader(),
             synced: Arc::new(AtomicBool::new(false)),
             synced_signal,
             subscribers: Arc::new(Mutex::new(Vec::new())),
+            index,
         };
         tokio::spawn(reflect(kind, events, writer, cache.clone()));
         cache
@@ -127,7 +138,23 @@ async fn reflect<K: Watched>(
                 continue;
             }
         };
+        // Whether the store holds this incarnation of an applied object, asked before it does.
+        let new = match &event {
+            watcher::Event::Apply(obj) => cache
+                .store
+                .get(&ObjectRef::from_obj(obj))
+                .is_none_or(|cached| cached.meta().uid != obj.meta().uid),
+            _ => false,
+        };
         writer.apply_watcher_event(&event);
+        if let Some(index) = &cache.index {
+            match &event {
+                watcher::Event::Apply(obj) => index.applied(obj, new),
+                watcher::Event::Delete(obj) => index.deleted(obj),
+                watcher::Event::InitDone => index.relisted(&cache.store.state()),
+                watcher::Event::Init | watcher::Event::InitApply(_) => {}
+            }
+        }
         match &event {
             watcher::Event::InitDone => {
                 // A (re-)list reaches the store only now, all at once: hand every object to
@@ -158,6 +185,8 @@ pub struct Caches {
     pub pods: Cache<Pod>,
     /// Every ComputePool.
     pub pools: Cache<ComputePool>,
+    /// The DataJob cache's index (jobs by pool, arrivals).
+    pub index: Arc<JobIndex>,
     synced_signal: Arc<Notify>,
 }
 
@@ -184,10 +213,13 @@ impl Caches {
             report,
             undecodable::pool_stand_in,
         );
+        let index = Arc::new(JobIndex::default());
+        let job_index: Arc<dyn CacheIndex<DataJob>> = index.clone();
         let caches = Caches {
-            jobs: Cache::start("datajobs", jobs, signal.clone()),
-            pods: Cache::start("pods", pods, signal.clone()),
-            pools: Cache::start("computepools", pools, signal.clone()),
+            jobs: Cache::start("datajobs", jobs, signal.clone(), Some(job_index)),
+            pods: Cache::start("pods", pods, signal.clone(), None),
+            pools: Cache::start("computepools", pools, signal.clone(), None),
+            index,
             synced_signal: signal,
         };
         (caches, reports)
@@ -199,6 +231,7 @@ impl Caches {
             jobs: self.jobs.store(),
             pods: self.pods.store(),
             pools: self.pools.store(),
+            index: self.index.clone(),
         }
     }
 
@@ -238,7 +271,18 @@ fn guarded<K: Watched>(
                 Err(error) => Some(Err(error)),
             })
         })
+        .modify(lean_metadata)
         .boxed()
+}
+
+/// Drops what no controller reads from a cached object's metadata: managed fields (every
+/// server-side apply of the status adds to them) and annotations (`kubectl apply` keeps the
+/// whole last-applied manifest there, the query included), so a cached DataJob holds its
+/// spec and status once.
+pub fn lean_metadata<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
 }
 
 /// An API for the namespace the instance watches, or for all namespaces.
@@ -296,7 +340,12 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_that_comes_while_the_list_is_read_gets_every_listed_object() {
         let (events, stream) = mpsc::unbounded();
-        let cache = Cache::start("pods", stream.map(Ok).boxed(), Arc::new(Notify::new()));
+        let cache = Cache::start(
+            "pods",
+            stream.map(Ok).boxed(),
+            Arc::new(Notify::new()),
+            None,
+        );
         events.unbounded_send(watcher::Event::Init).expect("send");
         events
             .unbounded_send(watcher::Event::InitApply(pod("listed")))
@@ -325,5 +374,24 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["listed", "created"]);
+    }
+
+    #[test]
+    fn cached_jobs_keep_labels_and_finalizers_but_not_managed_fields_or_annotations() {
+        let mut job: DataJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "datajob.dev/v1alpha1", "kind": "DataJob",
+            "metadata": {
+                "name": "j", "namespace": "ns", "labels": { "team": "a" },
+                "finalizers": ["datajob.dev/teardown"],
+                "annotations": { "kubectl.kubernetes.io/last-applied-configuration": "{}" },
+                "managedFields": [{ "manager": "datajob-operator", "operation": "Apply" }],
+            },
+            "spec": { "type": "nql-forecast", "input": { "nql": "x" }, "dataPlane": "dp" },
+        }))
+        .expect("job");
+        lean_metadata(&mut job);
+        assert!(job.metadata.managed_fields.is_none() && job.metadata.annotations.is_none());
+        assert_eq!(job.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+        assert_eq!(job.metadata.finalizers.as_ref().map(|f| f.len()), Some(1));
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod caches;
 pub mod datajob;
+pub mod index;
 pub mod kube_util;
 pub mod pool;
 pub mod result_finalizer;
@@ -57,17 +58,16 @@ pub async fn run(
             result_finalizer::release_orphans(client, stores, pods, jobs).await;
         }
     };
-    let (context, wakeups) = datajob::Context::new(client.clone(), config, metrics, stores.clone());
+    let (context, wake) = datajob::Context::new(client.clone(), config, metrics, stores.clone());
     let triggers = datajob::Triggers {
         jobs: caches.jobs.subscribe().boxed(),
         pods: caches.pods.subscribe().boxed(),
         pools: caches.pools.subscribe().boxed(),
-        wake: wakeups.jobs,
+        wake,
     };
     let job_controller = datajob::run(context, triggers);
-    // Without a pool status controller the wake-ups for it are dropped here, not queued.
-    let pool_controller = pool_status
-        .map(|(jobs, pools)| pool::run(client.clone(), stores, jobs, pools, wakeups.pools));
+    let pool_controller =
+        pool_status.map(|(jobs, pools)| pool::run(client.clone(), stores, jobs, pools));
     let controllers = async move {
         match pool_controller {
             Some(pool_controller) => {

@@ -1,7 +1,8 @@
 //! The ComputePool status controller: records how many of a pool's jobs hold executors and
 //! wait for a slot ([`crate::domain::pool::pool_status`]), with a Ready condition. It reads the
-//! jobs from the DataJob controller's cache (no list of its own) and is triggered by the
-//! shared pool and job watches (debounced), and by the job controller when a job is released.
+//! jobs of a pool from the DataJob cache's index (no list of its own, no scan of every job) and
+//! is triggered by the shared pool and job watches (debounced; a job's removal is a watch event
+//! too).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 use tracing::warn;
 
@@ -36,28 +37,24 @@ pub enum Error {
 
 struct Context {
     client: Client,
-    jobs: Store<DataJob>,
+    stores: Stores,
 }
 
 /// Runs the pool status controller until a shutdown signal. `jobs` and `pools` are the shared
-/// watches' changes; `wake` asks for pools whose jobs left without a watch event.
+/// watches' changes.
 pub async fn run(
     client: Client,
     stores: Stores,
     jobs: impl Stream<Item = Arc<DataJob>> + Send + 'static,
     pools: impl Stream<Item = Arc<ComputePool>> + Send + 'static,
-    wake: impl Stream<Item = ObjectRef<ComputePool>> + Send + 'static,
 ) {
-    let context = Arc::new(Context {
-        client,
-        jobs: stores.jobs,
-    });
-    Controller::for_shared_stream(pools, stores.pools)
+    let pool_store = stores.pools.clone();
+    let context = Arc::new(Context { client, stores });
+    Controller::for_shared_stream(pools, pool_store)
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .watches_shared_stream(jobs, |job: Arc<DataJob>| {
             job.spec.compute_pool.as_deref().map(ObjectRef::new)
         })
-        .reconcile_on(wake)
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|_| async {})
@@ -65,7 +62,8 @@ pub async fn run(
 }
 
 async fn reconcile(pool: Arc<ComputePool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let status = pool_status(&pool, &ctx.jobs.state(), Time(now()));
+    let jobs = ctx.stores.jobs_in_pool(&pool.name_any());
+    let status = pool_status(&pool, &jobs, Time(now()));
     // pool_status keeps the Ready condition's transition time, so an unchanged pool compares equal.
     if pool.status.as_ref() != Some(&status) {
         let api = Api::<ComputePool>::all(ctx.client.clone());

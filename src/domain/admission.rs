@@ -31,22 +31,39 @@ pub fn still_in_flight(job: &DataJob) -> bool {
     !holds_slot(job) && awaits_slot(job)
 }
 
-/// The pool's jobs in admission order: first come (creation time), first served.
-pub fn queue_order(jobs: &mut [Arc<DataJob>]) {
-    jobs.sort_by(|a, b| {
-        let key = |j: &DataJob| {
-            (
-                j.metadata.creation_timestamp.clone().map(|t| t.0),
-                j.namespace().unwrap_or_default(),
-                j.name_any(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
+/// A job's place in its pool's queue: first come, first served. Arrival is
+/// `creationTimestamp` (whole seconds), then within a second the time the operator's watch
+/// delivered the job (`status.arrivedAt`, which follows the API server's order of creation);
+/// a job without one (first seen in a list) comes after those that have one, by namespace and
+/// name.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey<'a> {
+    created: Option<jiff::Timestamp>,
+    unknown_arrival: bool,
+    arrival: Option<jiff::Timestamp>,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
 }
 
-/// The jobs of one pool: how many hold a slot and who waits, in queue order. Admissions in
-/// flight count as holders, not as waiting.
+impl<'a> QueueKey<'a> {
+    fn of(job: &'a DataJob) -> Self {
+        let arrival = job
+            .status
+            .as_ref()
+            .and_then(|s| s.arrived_at.as_ref())
+            .map(|t| t.0);
+        QueueKey {
+            created: job.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            unknown_arrival: arrival.is_none(),
+            arrival,
+            namespace: job.metadata.namespace.as_deref(),
+            name: job.metadata.name.as_deref(),
+        }
+    }
+}
+
+/// The jobs of one pool: how many hold a slot and who waits (unordered). Admissions in flight
+/// count as holders, not as waiting.
 pub struct PoolQueue {
     holders: usize,
     waiting: Vec<Arc<DataJob>>,
@@ -63,11 +80,10 @@ impl PoolQueue {
             .clone()
             .filter(|j| holds_slot(j) || is_in_flight(j))
             .count();
-        let mut waiting: Vec<Arc<DataJob>> = in_pool
+        let waiting: Vec<Arc<DataJob>> = in_pool
             .filter(|j| awaits_slot(j) && !is_in_flight(j))
             .cloned()
             .collect();
-        queue_order(&mut waiting);
         PoolQueue { holders, waiting }
     }
 
@@ -81,12 +97,30 @@ impl PoolQueue {
         self.waiting.len()
     }
 
-    /// The job's place in the queue (0 is next); the end of the queue when it is not in it.
+    /// The job's place in the queue (0 is next): how many waiting jobs came before it. One
+    /// pass, no sort.
     fn rank(&self, job: &DataJob) -> usize {
+        let key = QueueKey::of(job);
         self.waiting
             .iter()
-            .position(|j| j.uid() == job.uid())
-            .unwrap_or(self.waiting.len())
+            .filter(|j| j.uid() != job.uid() && QueueKey::of(j) < key)
+            .count()
+    }
+
+    /// The slots a pool limited to `max` jobs has free.
+    fn free(&self, max: i32) -> usize {
+        usize::try_from(max)
+            .unwrap_or(0)
+            .saturating_sub(self.holders)
+    }
+
+    /// The waiting jobs that take the slots free now, first come first.
+    fn next(mut self, max: i32) -> Vec<Arc<DataJob>> {
+        let free = self.free(max);
+        self.waiting
+            .sort_by(|a, b| QueueKey::of(a).cmp(&QueueKey::of(b)));
+        self.waiting.truncate(free);
+        self.waiting
     }
 }
 
@@ -119,8 +153,21 @@ pub fn admit(
         return true;
     }
     let queue = PoolQueue::new(&pool.name_any(), jobs, in_flight);
-    let max = usize::try_from(pool.spec.max_concurrent_jobs).unwrap_or(0);
-    queue.rank(job) < max.saturating_sub(queue.holders())
+    queue.rank(job) < queue.free(pool.spec.max_concurrent_jobs)
+}
+
+/// The jobs of a limited `pool` that a freed slot admits now: the first waiting jobs in queue
+/// order, as many as the pool has free slots (none for an unlimited pool, whose jobs never
+/// wait). Costs one pass over the pool's jobs and a sort of those waiting.
+pub fn next_in_line(
+    pool: &ComputePool,
+    jobs: &[Arc<DataJob>],
+    in_flight: &HashSet<String>,
+) -> Vec<Arc<DataJob>> {
+    if pool.spec.max_concurrent_jobs <= 0 {
+        return Vec::new();
+    }
+    PoolQueue::new(&pool.name_any(), jobs, in_flight).next(pool.spec.max_concurrent_jobs)
 }
 
 #[cfg(test)]
@@ -128,7 +175,7 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::Arc;
 
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
     use serde_json::json;
 
     use super::*;
@@ -167,6 +214,69 @@ mod tests {
         assert!(!admit(&jobs[1], &pool(2), &jobs, &none));
         assert!(admit(&jobs[1], &pool(3), &jobs, &none));
         assert!(admit(&jobs[1], &pool(0), &jobs, &none), "0 means unlimited");
+    }
+
+    /// A waiting job created at second `created` whose arrival the operator recorded at
+    /// `micros` past that second (None: first seen in a list).
+    fn arrived(name: &str, created: i64, micros: Option<i64>) -> Arc<DataJob> {
+        let mut job = (*job(name, created, false)).clone();
+        if let Some(status) = job.status.as_mut() {
+            status.arrived_at = micros.map(|m| {
+                MicroTime(jiff::Timestamp::from_microsecond(created * 1_000_000 + m).expect("time"))
+            });
+        }
+        Arc::new(job)
+    }
+
+    #[test]
+    fn within_one_second_the_queue_follows_arrival_not_names() {
+        // Created in the same second in the order z, y, x; w was listed (no arrival); v is a
+        // second older.
+        let jobs = vec![
+            arrived("x", 5, Some(900)),
+            arrived("w", 5, None),
+            arrived("y", 5, Some(500)),
+            arrived("z", 5, Some(100)),
+            arrived("v", 4, None),
+        ];
+        let none = HashSet::new();
+        let order: Vec<String> = next_in_line(&pool(9), &jobs, &none)
+            .iter()
+            .map(|j| j.name_any())
+            .collect();
+        assert_eq!(order, ["v", "z", "y", "x", "w"]);
+        for (name, place) in [("v", 1), ("z", 2), ("y", 3), ("x", 4), ("w", 5)] {
+            let job = jobs.iter().find(|j| j.name_any() == name).expect("job");
+            assert!(
+                admit(job, &pool(place), &jobs, &none),
+                "{name} is number {place}"
+            );
+            if place > 1 {
+                assert!(!admit(job, &pool(place - 1), &jobs, &none), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_freed_slot_admits_as_many_waiting_jobs_as_slots_are_free() {
+        let jobs = vec![
+            job("a", 1, true),
+            job("b", 2, false),
+            job("c", 3, false),
+            job("d", 4, false),
+        ];
+        let names = |max: i32, in_flight: &HashSet<String>| -> Vec<String> {
+            next_in_line(&pool(max), &jobs, in_flight)
+                .iter()
+                .map(|j| j.name_any())
+                .collect()
+        };
+        let none = HashSet::new();
+        assert_eq!(names(1, &none), Vec::<String>::new(), "the pool is full");
+        assert_eq!(names(3, &none), ["b", "c"]);
+        let b_in_flight: HashSet<String> = ["uid-b".to_string()].into();
+        assert_eq!(names(3, &b_in_flight), ["c"], "b already took a slot");
+        assert!(names(0, &none).is_empty(), "an unlimited pool has no queue");
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub mod start;
 pub mod teardown;
 
 pub use machine::{
-    decide, executor_create_failed, on_deletion, resolve_cluster_type, teardown, workers,
+    decide, executor_create_failed, on_deletion, resolve_cluster_type, stalled_deletion, teardown,
+    workers,
 };
 pub use model::{
     Cause, ConditionType, Deletion, EventKind, JobEvent, NodeView, Observation, ObservedPod, Plan,

@@ -197,6 +197,9 @@ pub struct Observation {
     /// Why the tenant boundary refuses the job ([`crate::domain::policy`]), or a pod that
     /// squats on one of its executor's names; None when nothing is refused.
     pub refusal: Option<crate::domain::policy::Refusal>,
+    /// When the operator's watch first delivered the job; None when it was first seen in a
+    /// list. Recorded as `status.arrivedAt` with the `pending` record.
+    pub arrival: Option<Timestamp>,
 }
 
 /// Severity of an event.
@@ -291,6 +294,9 @@ pub enum Deletion {
         remaining: usize,
         /// When to look again.
         poll: Duration,
+        /// What the job shows while a pod's teardown is stuck (naming pods and nodes), if one
+        /// is.
+        stuck: Option<String>,
     },
 }
 

@@ -36,8 +36,9 @@ pub const QUERY_NQL_KEY: &str = "nql";
 pub const QUERY_SQL_KEY: &str = "compiled.sql";
 /// Name of the query volume in executor pods.
 const QUERY_VOLUME: &str = "query";
-/// Longest query text also passed inline in `DATAJOB_NQL` / `DATAJOB_COMPILED_SQL`, in bytes;
-/// a longer one is passed only as a file (Linux refuses one environment string over 128 KiB).
+/// Longest query text passed inline in `DATAJOB_NQL` / `DATAJOB_COMPILED_SQL`, in bytes; when
+/// the NQL or the compiled SQL is longer, the query goes to executors as files of a ConfigMap
+/// (Linux refuses one environment string over 128 KiB), and the text that fits stays inline.
 pub const MAX_INLINE_QUERY_BYTES: usize = 64 * 1024;
 
 /// Name of the job's query ConfigMap (one per job incarnation: it carries the job's uid).
@@ -186,9 +187,22 @@ impl ExecutorTemplate {
         ])
     }
 
+    /// Whether the query goes to executors as files (the job's query ConfigMap, mounted at
+    /// [`QUERY_MOUNT`]): only when the NQL or the compiled SQL is too long to pass inline. A
+    /// query that fits needs no ConfigMap, no volume and no write of its own.
+    pub fn query_file(&self) -> bool {
+        self.nql.len() > MAX_INLINE_QUERY_BYTES
+            || self
+                .compiled_sql
+                .as_ref()
+                .is_some_and(|sql| sql.len() > MAX_INLINE_QUERY_BYTES)
+    }
+
     /// The DATAJOB_* environment contract, followed by the spec's extra variables (contract
-    /// names win).
+    /// names win). `DATAJOB_NQL_FILE` and `DATAJOB_COMPILED_SQL_FILE` are set only when the
+    /// query goes as files ([`Self::query_file`]).
     pub fn env(&self, role: Role) -> Vec<EnvVar> {
+        let files = self.query_file();
         let contract = [
             ("DATAJOB_ID", self.job_uid.clone()),
             ("DATAJOB_TYPE", self.job_type.as_str().to_string()),
@@ -220,6 +234,7 @@ impl ExecutorTemplate {
         ];
         let mut env: Vec<EnvVar> = contract
             .into_iter()
+            .filter(|(name, _)| files || !name.ends_with("_FILE"))
             .map(|(name, value)| EnvVar {
                 name: name.to_string(),
                 value: Some(value),
@@ -270,12 +285,14 @@ impl ExecutorTemplate {
                     name: CONTAINER_NAME.to_string(),
                     image: Some(self.image.clone()),
                     env: Some(self.env(slot.role)),
-                    volume_mounts: Some(vec![VolumeMount {
-                        name: QUERY_VOLUME.to_string(),
-                        mount_path: QUERY_MOUNT.to_string(),
-                        read_only: Some(true),
-                        ..VolumeMount::default()
-                    }]),
+                    volume_mounts: self.query_file().then(|| {
+                        vec![VolumeMount {
+                            name: QUERY_VOLUME.to_string(),
+                            mount_path: QUERY_MOUNT.to_string(),
+                            read_only: Some(true),
+                            ..VolumeMount::default()
+                        }]
+                    }),
                     resources: self.resources.clone(),
                     termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_string()),
                     termination_message_policy: Some("File".to_string()),
@@ -291,15 +308,17 @@ impl ExecutorTemplate {
                     }),
                     ..Container::default()
                 }],
-                volumes: Some(vec![Volume {
-                    name: QUERY_VOLUME.to_string(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: query_config_map_name(&self.job_uid),
-                        default_mode: Some(0o444),
-                        ..ConfigMapVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                }]),
+                volumes: self.query_file().then(|| {
+                    vec![Volume {
+                        name: QUERY_VOLUME.to_string(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: query_config_map_name(&self.job_uid),
+                            default_mode: Some(0o444),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]
+                }),
                 ..PodSpec::default()
             }),
             status: None,
@@ -307,7 +326,8 @@ impl ExecutorTemplate {
     }
 
     /// The job's query as an immutable ConfigMap owned by the job: `nql` and `compiled.sql`,
-    /// mounted read-only into every executor pod at [`QUERY_MOUNT`].
+    /// mounted read-only into every executor pod at [`QUERY_MOUNT`] when the query goes as
+    /// files ([`Self::query_file`]).
     pub fn query_config_map(&self, owner: OwnerReference) -> ConfigMap {
         let mut labels = self.labels(Role::Driver);
         labels.remove(LABEL_ROLE);
@@ -424,5 +444,51 @@ mod tests {
             None,
             "only the driver holds a result"
         );
+    }
+
+    #[test]
+    fn only_a_query_too_long_for_the_environment_goes_as_files() {
+        let template = |nql: String, sql: Option<String>| {
+            let job: DataJob = serde_json::from_value(json!({
+                "apiVersion": "datajob.dev/v1alpha1", "kind": "DataJob",
+                "metadata": { "name": "j", "namespace": "ns", "uid": "u-1" },
+                "spec": { "type": "nql-forecast", "input": { "nql": nql, "compiledSql": sql },
+                          "dataPlane": "dp" },
+            }))
+            .expect("job");
+            let defaults = ExecutorDefaults {
+                image: "default:1".to_string(),
+            };
+            ExecutorTemplate::resolve(&job, ClusterType::Shared, None, &defaults).expect("resolves")
+        };
+        let slot = PodSlot {
+            name: "dj-j-driver".to_string(),
+            role: Role::Driver,
+        };
+        let env_names = |t: &ExecutorTemplate| -> Vec<String> {
+            t.env(Role::Driver).into_iter().map(|e| e.name).collect()
+        };
+        let fits = "x".repeat(MAX_INLINE_QUERY_BYTES);
+        let too_long = "x".repeat(MAX_INLINE_QUERY_BYTES + 1);
+        let short = template(fits.clone(), Some(fits.clone()));
+        assert!(!short.query_file());
+        assert!(!env_names(&short).iter().any(|n| n.ends_with("_FILE")));
+        let pod = short.pod(&slot, OwnerReference::default());
+        let spec = pod.spec.expect("spec");
+        assert!(spec.volumes.is_none() && spec.containers[0].volume_mounts.is_none());
+        for long in [
+            template(too_long.clone(), None),
+            template(fits.clone(), Some(too_long.clone())),
+        ] {
+            assert!(long.query_file());
+            let names = env_names(&long);
+            assert!(names.contains(&"DATAJOB_NQL_FILE".to_string()), "{names:?}");
+            assert!(names.contains(&"DATAJOB_COMPILED_SQL_FILE".to_string()));
+            let spec = long
+                .pod(&slot, OwnerReference::default())
+                .spec
+                .expect("spec");
+            assert_eq!(spec.volumes.map(|v| v.len()), Some(1));
+        }
     }
 }

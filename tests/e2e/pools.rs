@@ -116,3 +116,58 @@ async fn limited_pool_admits_first_come_first_served_and_reports_counts() {
     ns.cleanup().await;
     delete_pool(&client, &pool).await;
 }
+
+#[tokio::test]
+async fn a_namespaced_operator_queues_by_arrival_and_starts_the_next_job_when_a_slot_frees() {
+    // A namespaced instance runs no pool status controller: nothing but the freed slot itself
+    // can start the next job before its resync (300 s, beyond this test's waits).
+    let mut env = env("e2e-arrival").await;
+    let pool = env
+        .own_pool("one-slot", json!({ "maxConcurrentJobs": 1 }))
+        .await;
+    // Created one after the other, most likely within one second, against the names' order.
+    let names = ["c-z", "c-y", "c-x"];
+    for name in names {
+        env.create(datajob(name).pool(&pool)).await;
+    }
+    wait_state(&env.jobs, "c-z", JobState::Running).await;
+    let mut arrivals = Vec::new();
+    for name in ["c-y", "c-x"] {
+        let queued = wait_for(&env.jobs, name, STEP, |j: &DataJob| {
+            reconciling_reason(j).as_deref() == Some("Queued")
+        })
+        .await;
+        arrivals.push(queued.status.and_then(|s| s.arrived_at).map(|t| t.0));
+    }
+    let first = env.jobs.get("c-z").await.expect("c-z");
+    let first_arrival = first
+        .status
+        .as_ref()
+        .and_then(|s| s.arrived_at.clone())
+        .map(|t| t.0);
+    assert!(
+        first_arrival.is_some() && arrivals.iter().all(Option::is_some),
+        "the watch delivered every job, so each records its arrival"
+    );
+    assert!(
+        first_arrival < arrivals[0] && arrivals[0] < arrivals[1],
+        "arrivals follow creation order: {first_arrival:?} {arrivals:?}"
+    );
+    let driver = job_pods(&env.pods, &first).await;
+    exit_pod(
+        &env.pods,
+        &kube::ResourceExt::name_any(&driver[0]),
+        0,
+        MATERIALIZE_RESULT,
+    )
+    .await;
+    wait_state(&env.jobs, "c-z", JobState::Completed).await;
+    // c-y came before c-x (whose name sorts first) and takes the slot at once.
+    wait_state(&env.jobs, "c-y", JobState::Running).await;
+    let last = env.jobs.get("c-x").await.expect("c-x");
+    assert_eq!(state(&last), "pending");
+    assert!(last.status.and_then(|s| s.executor).is_none());
+    cancel(&env.jobs, "c-x", "not needed").await;
+    wait_state(&env.jobs, "c-x", JobState::Cancelled).await;
+    env.finish().await;
+}

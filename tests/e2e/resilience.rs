@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::support::*;
-use crate::{cluster_namespace, env};
+use crate::{Env, cluster_namespace, env};
 
 fn failure_reason(job: &DataJob) -> Option<String> {
     job.status
@@ -163,16 +163,12 @@ fn unserved_node(name: &str) -> Node {
     .expect("a Node")
 }
 
-/// Cancelling a job whose pod sits on a lost node: the teardown is shown stuck (Stalled,
-/// TeardownStuck naming pod and node, a Warning event) after the grace period and the margin;
-/// once the Node is deleted the operator force-deletes the pod and the job ends cancelled.
-#[tokio::test]
-async fn a_teardown_stuck_on_a_lost_node_is_shown_then_force_deleted_when_the_node_is_gone() {
-    let mut env = env("e2e-stuck").await;
-    let node_name = format!("lost-{}", env.ns.name());
+/// Creates a lost node and a pool that picks only it, starts a job there and returns the
+/// job and its executor pod once it is bound to that node.
+async fn stranded_job(env: &mut Env, node_name: &str) -> (DataJob, Pod) {
     let nodes: Api<Node> = Api::all(env.client.clone());
     nodes
-        .create(&PostParams::default(), &unserved_node(&node_name))
+        .create(&PostParams::default(), &unserved_node(node_name))
         .await
         .expect("create the node");
     let selector = json!({ "datajob.dev/test-node": node_name });
@@ -187,11 +183,16 @@ async fn a_teardown_stuck_on_a_lost_node_is_shown_then_force_deleted_when_the_no
             job_pods(&env.pods, &job)
                 .await
                 .into_iter()
-                .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&node_name))
+                .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name))
         },
     )
     .await;
-    cancel(&env.jobs, "stranded", "node lost").await;
+    (job, pod)
+}
+
+/// Waits until the job shows `Stalled=True`/`TeardownStuck` naming the pod and the node, with
+/// a Warning event; returns the job as then.
+async fn wait_teardown_stuck(env: &Env, pod: &Pod, node_name: &str) -> DataJob {
     let stuck = wait_for(&env.jobs, "stranded", STEP, |j: &DataJob| {
         j.status.as_ref().is_some_and(|s| {
             s.conditions
@@ -200,12 +201,11 @@ async fn a_teardown_stuck_on_a_lost_node_is_shown_then_force_deleted_when_the_no
         })
     })
     .await;
-    let status = stuck.status.expect("status");
-    assert_eq!(status.state, Some(JobState::PendingCancellation));
+    let status = stuck.status.as_ref().expect("status");
     let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled");
     let message = &stalled.expect("Stalled").message;
     assert!(
-        message.contains(&pod.name_any()) && message.contains(&node_name),
+        message.contains(&pod.name_any()) && message.contains(node_name),
         "{message}"
     );
     let events = events_for(&env.client, env.ns.name(), "stranded").await;
@@ -215,6 +215,52 @@ async fn a_teardown_stuck_on_a_lost_node_is_shown_then_force_deleted_when_the_no
             .any(|e| e.reason.as_deref() == Some("TeardownStuck")
                 && e.type_.as_deref() == Some("Warning")),
         "{events:?}"
+    );
+    stuck
+}
+
+/// Deleting a job whose pod sits on a lost node: `kubectl delete` waits on the finalizer, and
+/// the job shows why (Stalled, TeardownStuck naming pod and node, a Warning event); once the
+/// Node is deleted the operator force-deletes the pod and the job is gone.
+#[tokio::test]
+async fn a_deleted_job_whose_teardown_is_stuck_shows_why_then_goes_when_the_node_is_gone() {
+    let mut env = env("e2e-stuck-delete").await;
+    let node_name = format!("lost-{}", env.ns.name());
+    let (job, pod) = stranded_job(&mut env, &node_name).await;
+    env.jobs
+        .delete("stranded", &DeleteParams::default())
+        .await
+        .expect("delete the job");
+    let stuck = wait_teardown_stuck(&env, &pod, &node_name).await;
+    assert!(stuck.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        stuck.status.and_then(|s| s.state),
+        Some(JobState::Pending),
+        "a deletion changes no state (the pod never ran)"
+    );
+    Api::<Node>::all(env.client.clone())
+        .delete(&node_name, &DeleteParams::default())
+        .await
+        .expect("delete the node");
+    wait_deleted(&env.jobs, "stranded", STEP).await;
+    assert!(job_pods(&env.pods, &job).await.is_empty());
+    env.finish().await;
+}
+
+/// Cancelling a job whose pod sits on a lost node: the teardown is shown stuck (Stalled,
+/// TeardownStuck naming pod and node, a Warning event) after the grace period and the margin;
+/// once the Node is deleted the operator force-deletes the pod and the job ends cancelled.
+#[tokio::test]
+async fn a_teardown_stuck_on_a_lost_node_is_shown_then_force_deleted_when_the_node_is_gone() {
+    let mut env = env("e2e-stuck").await;
+    let node_name = format!("lost-{}", env.ns.name());
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    let (_, pod) = stranded_job(&mut env, &node_name).await;
+    cancel(&env.jobs, "stranded", "node lost").await;
+    let stuck = wait_teardown_stuck(&env, &pod, &node_name).await;
+    assert_eq!(
+        stuck.status.and_then(|s| s.state),
+        Some(JobState::PendingCancellation)
     );
     // The pod garbage collector would remove it only 40 s after the node is gone; the
     // operator looks every 10 s.

@@ -110,7 +110,12 @@ async fn create_executor(
         return Ok(Creation::Done);
     }
     let template = ExecutorTemplate::resolve(job, plan.cluster_type(), pool, &ctx.defaults)?;
-    let created = match create_query(ctx, job, &template).await {
+    let query = if template.query_file() {
+        create_query(ctx, job, &template).await
+    } else {
+        Ok(Creation::Done)
+    };
+    let created = match query {
         Ok(Creation::Done) => create_pods(ctx, pods, job, &template, plan).await,
         other => other,
     };
@@ -128,17 +133,13 @@ async fn create_executor(
     created
 }
 
-/// Counts and logs a state change; a job that finished gives its pool slot back.
+/// Counts and logs a state change. (A job that finished gives its pool slot back when the
+/// cache shows it: [`Context::job_changed`].)
 fn record_transition(job: &DataJob, ctx: &Context, plan: &Plan) {
     let previous = job.status.as_ref().and_then(|s| s.state);
     if let Some(state) = plan.transition(previous) {
         ctx.metrics.observe_transition(state.as_str());
         info!(job = %object_key(job), from = ?previous.map(JobState::as_str), to = state.as_str(), "state changed");
-        if state.is_terminal()
-            && let Some(pool) = &job.spec.compute_pool
-        {
-            ctx.slot_freed(pool);
-        }
     }
     if plan.status.state.is_some_and(JobState::is_terminal) {
         ctx.forget_rejection(&job.uid().unwrap_or_default());

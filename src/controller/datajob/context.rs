@@ -15,6 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
 use crate::api::{ComputePool, DataJob};
+use crate::controller::index::JobIndex;
 use crate::domain::{Cause, admission};
 use crate::executor::ExecutorDefaults;
 use crate::telemetry::Metrics;
@@ -46,14 +47,15 @@ pub struct Stores {
     pub pods: Store<Pod>,
     /// ComputePools.
     pub pools: Store<ComputePool>,
+    /// The DataJob cache's index: jobs by pool, arrivals.
+    pub index: Arc<JobIndex>,
 }
 
-/// Reconcile requests the job controller raises itself.
-pub struct Wakeups {
-    /// Jobs that wait for a slot of a pool where one may have been freed.
-    pub jobs: UnboundedReceiver<ObjectRef<DataJob>>,
-    /// Pools whose counts changed without a DataJob watch event (a job was released).
-    pub pools: UnboundedReceiver<ObjectRef<ComputePool>>,
+impl Stores {
+    /// The cached jobs of `pool` (an index lookup, not a scan of every job).
+    pub fn jobs_in_pool(&self, pool: &str) -> Vec<Arc<DataJob>> {
+        self.index.jobs_in_pool(pool, &self.jobs)
+    }
 }
 
 /// A table shared by concurrent reconciles. A reconcile that panicked while holding the lock
@@ -94,8 +96,12 @@ pub struct Context {
     pub(super) stores: Stores,
     pub(super) recorder: Recorder,
     pub(super) metrics: Arc<Metrics>,
-    /// uids of jobs admitted into a limited pool whose admission the cache may not show yet.
-    in_flight: Table<HashSet<String>>,
+    /// uids of jobs admitted into a limited pool whose admission the cache may not show yet,
+    /// by pool.
+    in_flight: Table<HashMap<String, HashSet<String>>>,
+    /// uids of the jobs the cache last showed holding a slot of a limited pool's queue, for
+    /// [`Context::job_changed`].
+    holders: Table<HashSet<String>>,
     /// Consecutive failures per job key, for backoff.
     failures: Table<HashMap<String, u32>>,
     /// Why the API server rejected a job's executor pod, by job uid, until the job records it.
@@ -117,23 +123,21 @@ pub struct Context {
     /// Executor pods whose result finalizer this instance removed while the cache still shows it.
     released: Table<HashMap<String, Instant>>,
     wake_jobs: UnboundedSender<ObjectRef<DataJob>>,
-    wake_pools: UnboundedSender<ObjectRef<ComputePool>>,
 }
 
 impl Context {
-    /// The context, and the streams of reconcile requests it raises.
+    /// The context, and the stream of reconcile requests it raises (jobs a freed slot admits).
     pub fn new(
         client: Client,
         config: Config,
         metrics: Arc<Metrics>,
         stores: Stores,
-    ) -> (Self, Wakeups) {
+    ) -> (Self, UnboundedReceiver<ObjectRef<DataJob>>) {
         let reporter = Reporter {
             controller: crate::OPERATOR_NAME.to_string(),
             instance: config.instance.clone(),
         };
-        let (wake_jobs, jobs) = mpsc::unbounded();
-        let (wake_pools, pools) = mpsc::unbounded();
+        let (wake_jobs, wakeups) = mpsc::unbounded();
         let context = Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -144,6 +148,7 @@ impl Context {
             stores,
             metrics,
             in_flight: Table::new(),
+            holders: Table::new(),
             failures: Table::new(),
             rejections: Table::new(),
             create_refusals: Table::new(),
@@ -153,9 +158,8 @@ impl Context {
             deleted: Table::new(),
             released: Table::new(),
             wake_jobs,
-            wake_pools,
         };
-        (context, Wakeups { jobs, pools })
+        (context, wakeups)
     }
 
     pub(super) fn jobs_api(&self, namespace: &str) -> Api<DataJob> {
@@ -173,23 +177,44 @@ impl Context {
     }
 
     /// Whether the job may hold executors in `pool` now ([`admission::admit`]), remembering an
-    /// admission until the cache shows it, so concurrent reconciles cannot over-admit.
+    /// admission until the cache shows it, so concurrent reconciles cannot over-admit. Reads
+    /// the pool's jobs only.
     pub(super) fn admit(&self, job: &DataJob, pool: &ComputePool) -> bool {
         if let Some(admitted) = admission::settled(job, pool) {
             return admitted;
         }
-        self.in_flight.with(|in_flight| {
-            let jobs = self.stores.jobs.state();
-            in_flight.retain(|uid| {
-                jobs.iter()
-                    .find(|j| j.uid().as_deref() == Some(uid.as_str()))
-                    .is_some_and(|j| admission::still_in_flight(j))
-            });
+        let name = pool.name_any();
+        let jobs = self.stores.jobs_in_pool(&name);
+        self.with_in_flight(&name, &jobs, |in_flight| {
             let admitted = admission::admit(job, pool, &jobs, in_flight);
             if admitted && let Some(uid) = job.uid() {
                 in_flight.insert(uid);
             }
             admitted
+        })
+    }
+
+    /// Runs `f` on the admissions in flight into `pool`, after forgetting those the cache now
+    /// shows (or whose job is gone or stopped waiting) among the pool's `jobs`.
+    fn with_in_flight<R>(
+        &self,
+        pool: &str,
+        jobs: &[Arc<DataJob>],
+        f: impl FnOnce(&mut HashSet<String>) -> R,
+    ) -> R {
+        self.in_flight.with(|in_flight| {
+            let pending: HashSet<String> = jobs
+                .iter()
+                .filter(|j| admission::still_in_flight(j))
+                .filter_map(|j| j.uid())
+                .collect();
+            let admitted = in_flight.entry(pool.to_string()).or_default();
+            admitted.retain(|uid| pending.contains(uid));
+            let result = f(admitted);
+            if admitted.is_empty() {
+                in_flight.remove(pool);
+            }
+            result
         })
     }
 
@@ -324,16 +349,59 @@ impl Context {
         self.released.with(|released| pending(released, key, gone))
     }
 
-    /// A job of `pool` gave its slot back: reconcile the jobs waiting for one, and the pool's
-    /// status.
-    pub(super) fn slot_freed(&self, pool: &str) {
-        for job in self.stores.jobs.state() {
-            if job.spec.compute_pool.as_deref() == Some(pool) && admission::awaits_slot(&job) {
-                // A closed channel means the controller is shutting down.
-                let _ = self.wake_jobs.unbounded_send(ObjectRef::from_obj(&*job));
+    /// Follows a job the DataJob watch delivered (the cache already shows the change): when a
+    /// job that held a slot of its pool no longer does (it finished, or it is gone), or an
+    /// admission in flight is dropped (the job was cancelled before it took its executor), the
+    /// jobs that slot admits are reconciled now, not at their next resync.
+    pub fn job_changed(&self, job: &DataJob) {
+        let (Some(pool), Some(uid)) = (job.spec.compute_pool.as_deref(), job.uid()) else {
+            return;
+        };
+        let current = self
+            .stores
+            .jobs
+            .get(&ObjectRef::from_obj(job))
+            .filter(|cached| cached.uid().as_deref() == Some(uid.as_str()));
+        let holds = current.as_deref().is_some_and(admission::holds_slot);
+        let awaits = current.as_deref().is_some_and(admission::awaits_slot);
+        let held = self.holders.with(|holders| {
+            if holds {
+                holders.insert(uid.clone());
+                false
+            } else {
+                holders.remove(&uid)
             }
+        });
+        let dropped = !holds
+            && !awaits
+            && self.in_flight.with(|in_flight| {
+                in_flight
+                    .get_mut(pool)
+                    .is_some_and(|admitted| admitted.remove(&uid))
+            });
+        if held || dropped {
+            self.slot_freed(pool);
         }
-        // Nobody listens when this instance does not write pool status.
-        let _ = self.wake_pools.unbounded_send(ObjectRef::new(pool));
+    }
+
+    /// A slot of `pool` was freed: reconcile the jobs it admits ([`admission::next_in_line`]),
+    /// as many as the pool has free slots, in queue order.
+    fn slot_freed(&self, pool: &str) {
+        let Some(limits) = self
+            .stores
+            .pools
+            .get(&ObjectRef::new(pool))
+            .filter(|p| p.spec.max_concurrent_jobs > 0)
+        else {
+            return;
+        };
+        let jobs = self.stores.jobs_in_pool(pool);
+        let next = self.with_in_flight(pool, &jobs, |in_flight| {
+            admission::next_in_line(&limits, &jobs, in_flight)
+        });
+        for job in next {
+            // A closed channel means the controller is shutting down.
+            let _ = self.wake_jobs.unbounded_send(ObjectRef::from_obj(&*job));
+        }
     }
 }

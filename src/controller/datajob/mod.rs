@@ -12,25 +12,26 @@ pub mod observe;
 mod tests;
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{debug, info, warn};
 
 use crate::api::{ComputePool, DataJob};
-use crate::controller::kube_util::object_key;
+use crate::controller::kube_util::{self, object_key};
 use crate::domain::{self, Deletion, EventKind, JobEvent, Observation, Reason};
-pub use context::{Config, Context, Stores, Wakeups};
+pub use context::{Config, Context, Stores};
 pub use error::Error;
 
 /// When to look again at a job whose cached version predates the operator's own write, if
@@ -52,24 +53,34 @@ pub struct Triggers {
     pub wake: UnboundedReceiver<ObjectRef<DataJob>>,
 }
 
-/// Runs the DataJob controller until a shutdown signal.
+/// Runs the DataJob controller until a shutdown signal. Every job change also goes through
+/// [`Context::job_changed`] (a freed slot wakes the next queued jobs); a pool change wakes the
+/// pool's jobs only when the pool appeared, went, or its spec changed (not for the pool status
+/// the operator writes itself).
 pub async fn run(ctx: Context, triggers: Triggers) {
-    let jobs = ctx.stores.jobs.clone();
+    let ctx = Arc::new(ctx);
+    let stores = ctx.stores.clone();
     let config = controller::Config::default().concurrency(ctx.config.concurrency);
-    Controller::for_shared_stream(triggers.jobs, jobs.clone())
+    let follower = ctx.clone();
+    let jobs = triggers.jobs.inspect(move |job| follower.job_changed(job));
+    let mut seen = HashMap::new();
+    let pool_store = stores.pools.clone();
+    let pools = triggers
+        .pools
+        .filter(move |pool| future::ready(pool_spec_changed(&mut seen, pool, &pool_store)));
+    Controller::for_shared_stream(jobs, stores.jobs.clone())
         .with_config(config)
         .owns_shared_stream(triggers.pods)
-        .watches_shared_stream(triggers.pools, move |pool: Arc<ComputePool>| {
-            let name = pool.name_any();
-            jobs.state()
-                .into_iter()
-                .filter(|j| j.spec.compute_pool.as_deref() == Some(name.as_str()))
-                .map(|j| ObjectRef::from_obj(&*j))
+        .watches_shared_stream(pools, move |pool: Arc<ComputePool>| {
+            stores
+                .jobs_in_pool(&pool.name_any())
+                .iter()
+                .map(|j| ObjectRef::from_obj(&**j))
                 .collect::<Vec<_>>()
         })
         .reconcile_on(triggers.wake)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(ctx))
+        .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 // error_policy already logged it.
@@ -82,6 +93,23 @@ pub async fn run(ctx: Context, triggers: Triggers) {
             }
         })
         .await;
+}
+
+/// Whether a delivered pool differs from the last one seen in what its jobs decide on: it is
+/// new (name and uid), it is gone from the cache, or it has a new generation (a spec change).
+/// `seen` holds the uid and generation last seen per pool name.
+pub fn pool_spec_changed(
+    seen: &mut HashMap<String, (Option<String>, Option<i64>)>,
+    pool: &ComputePool,
+    store: &Store<ComputePool>,
+) -> bool {
+    let name = pool.name_any();
+    if store.get(&ObjectRef::new(&name)).is_none() {
+        seen.remove(&name);
+        return true;
+    }
+    let current = (pool.uid(), pool.metadata.generation);
+    seen.insert(name, current.clone()) != Some(current)
 }
 
 /// Entry point of one reconcile: counts it, and resets the job's backoff when it succeeds.
@@ -257,9 +285,10 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
             release,
             remaining,
             poll,
+            stuck,
         } => {
             apply::delete_pods(&pods, &namespace, &delete).await?;
-            let events: Vec<JobEvent> = force_delete
+            let mut events: Vec<JobEvent> = force_delete
                 .iter()
                 .map(|(pod, why)| JobEvent {
                     kind: EventKind::Warning,
@@ -270,6 +299,9 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
             let names: Vec<String> = force_delete.into_iter().map(|(pod, _)| pod).collect();
             apply::force_delete_pods(&pods, &namespace, &names).await?;
             apply::release_pods(ctx, &pods, &namespace, &release).await?;
+            if let Some(message) = stuck {
+                events.extend(show_stuck_teardown(job, ctx, message, now).await?);
+            }
             apply::publish_events(&ctx.recorder, job, &events).await;
             info!(job = %object_key(job), remaining, "teardown in progress; waiting for executor pods to terminate");
             Ok(Some(Action::requeue(poll)))
@@ -277,12 +309,39 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
     }
 }
 
-/// Deletion, once every executor pod is gone: forget the job and give its slot back.
+/// A deleted job whose teardown is stuck shows it: `Stalled=True`/`TeardownStuck` naming the
+/// pods and nodes (`kubectl delete` waits on the finalizer meanwhile), and a Warning event the
+/// first time. Nothing is written while the job already shows exactly that.
+async fn show_stuck_teardown(
+    job: &DataJob,
+    ctx: &Context,
+    message: String,
+    now: jiff::Timestamp,
+) -> Result<Option<JobEvent>, Error> {
+    let status = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation.unwrap_or(0);
+    let Some(next) = domain::stalled_deletion(&status, &message, now, generation) else {
+        return Ok(None);
+    };
+    let jobs = ctx.jobs_api(&job.namespace().unwrap_or_default());
+    kube_util::apply_status(&jobs, job, &next, kube_util::Guard::None)
+        .await
+        .map_err(|source| Error::WriteStatus {
+            job: object_key(job),
+            source,
+        })?;
+    warn!(job = %object_key(job), %message, "the teardown of a deleted job is stuck");
+    Ok(Some(JobEvent {
+        kind: EventKind::Warning,
+        reason: Reason::TeardownStuck,
+        message,
+    }))
+}
+
+/// Deletion, once every executor pod is gone: forget the job. (Its slot goes back when the
+/// watch delivers its removal: [`Context::job_changed`].)
 fn release(job: &DataJob, ctx: &Context) -> Action {
     ctx.forget_rejection(&job.uid().unwrap_or_default());
     info!(job = %object_key(job), "executor pods gone; releasing the DataJob");
-    if let Some(pool) = &job.spec.compute_pool {
-        ctx.slot_freed(pool);
-    }
     Action::await_change()
 }

@@ -55,6 +55,7 @@ pub fn observe(
         rejection: ctx.rejection(&uid),
         create_refusal: ctx.create_refusal(&uid),
         refusal,
+        arrival: ctx.stores.index.arrival(&uid),
         uid,
     };
     Observed { observation, pool }

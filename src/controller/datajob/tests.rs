@@ -31,21 +31,25 @@ fn job() -> DataJob {
     .expect("job fixture")
 }
 
-fn context(client: Client) -> Context {
-    let stores = Stores {
-        jobs: reflector::store().0,
-        pods: reflector::store().0,
-        pools: reflector::store().0,
-    };
-    let config = Config {
+fn config() -> Config {
+    Config {
         namespace: None,
         data_plane: None,
         executor_image: "executor:test".to_string(),
         concurrency: 1,
         instance: None,
         allowed_image_prefixes: Vec::new(),
+    }
+}
+
+fn context(client: Client) -> Context {
+    let stores = Stores {
+        jobs: reflector::store().0,
+        pods: reflector::store().0,
+        pools: reflector::store().0,
+        index: Default::default(),
     };
-    Context::new(client, config, Arc::new(Metrics::default()), stores).0
+    Context::new(client, config(), Arc::new(Metrics::default()), stores).0
 }
 
 type ApiServer = Handle<Request<Body>, Response<Body>>;
@@ -359,4 +363,63 @@ async fn a_torn_down_pod_loses_only_its_result_finalizer_read_again_when_the_ind
     let ctx = reconcile_waiting_teardown(ctx, datajob).await;
     assert!(ctx.releasing_pod("ns/dj-j-abcdef12-driver", false), "noted");
     no_more_calls(ctx, api_server, "one removal").await;
+}
+
+/// A job of pool `p` created at second `created`, with `status`.
+fn pooled(name: &str, created: i64, status: Value) -> DataJob {
+    let mut job: DataJob = serde_json::from_value(json!({
+        "apiVersion": "datajob.dev/v1alpha1", "kind": "DataJob",
+        "metadata": { "name": name, "namespace": "ns", "uid": format!("uid-{name}") },
+        "spec": { "type": "nql-forecast", "input": { "nql": "x" }, "dataPlane": "dp",
+                  "computePool": "p" },
+        "status": status,
+    }))
+    .expect("job");
+    job.metadata.creation_timestamp =
+        Some(Time(jiff::Timestamp::from_second(created).expect("time")));
+    job
+}
+
+#[tokio::test]
+async fn a_slot_freed_in_the_cache_wakes_the_next_queued_job_and_no_other() {
+    use crate::controller::index::{CacheIndex, JobIndex};
+    use kube::runtime::watcher::Event;
+    let (jobs, mut job_writer) = reflector::store::<DataJob>();
+    let (pools, mut pool_writer) = reflector::store::<ComputePool>();
+    let pool: ComputePool = serde_json::from_value(json!({
+        "apiVersion": "datajob.dev/v1alpha1", "kind": "ComputePool",
+        "metadata": { "name": "p" }, "spec": { "maxConcurrentJobs": 1 },
+    }))
+    .expect("pool");
+    pool_writer.apply_watcher_event(&Event::Apply(pool));
+    let index = Arc::new(JobIndex::default());
+    let running = pooled("a", 1, json!({ "state": "running", "executor": "dj-a" }));
+    let waiting = [
+        pooled("c", 3, json!({ "state": "pending" })),
+        pooled("b", 2, json!({ "state": "pending" })),
+    ];
+    for job in waiting.iter().chain([&running]) {
+        job_writer.apply_watcher_event(&Event::Apply(job.clone()));
+        index.applied(job, true);
+    }
+    let stores = Stores {
+        jobs,
+        pods: reflector::store().0,
+        pools,
+        index: index.clone(),
+    };
+    let (service, _server) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (ctx, mut wake) = Context::new(client, config(), Arc::new(Metrics::default()), stores);
+    for job in waiting.iter().chain([&running]) {
+        ctx.job_changed(job);
+    }
+    assert!(wake.try_recv().is_err(), "no slot is free yet");
+    let finished = pooled("a", 1, json!({ "state": "completed", "executor": "dj-a" }));
+    job_writer.apply_watcher_event(&Event::Apply(finished.clone()));
+    index.applied(&finished, false);
+    ctx.job_changed(&finished);
+    let woken = wake.try_recv().expect("a wake-up");
+    assert_eq!(woken.name, "b", "the older waiting job takes the slot");
+    assert!(wake.try_recv().is_err(), "one slot wakes one job");
 }

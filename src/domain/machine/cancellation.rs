@@ -6,10 +6,14 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{Step, reason_suffix};
-use crate::api::{Cancellation, JobState};
-use crate::domain::model::{Deletion, EventKind, NodeView, ObservedPod, RESYNC, Reason};
+use crate::api::{Cancellation, DataJobStatus, JobState, condition};
+use crate::domain::conditions;
+use crate::domain::model::{
+    ConditionType, Deletion, EventKind, NodeView, ObservedPod, RESYNC, Reason,
+};
 use crate::domain::teardown as stuck;
 
 /// How often the teardown of a deleted DataJob is looked at while its pods terminate.
@@ -34,13 +38,67 @@ pub fn on_deletion(
         return Deletion::Release;
     }
     let judged = stuck::judge(pods, nodes, now);
+    let stuck = stuck_message(&judged);
     Deletion::Wait {
         delete: teardown(pods),
         force_delete: judged.force_delete,
         release: crate::domain::release::holders(pods),
         remaining: pods.len(),
-        poll: TEARDOWN_POLL,
+        poll: if stuck.is_some() {
+            stuck::STUCK_POLL
+        } else {
+            TEARDOWN_POLL
+        },
+        stuck,
     }
+}
+
+/// What a stuck teardown tells the user (pods, nodes, and when the operator force-deletes),
+/// if a pod is stuck.
+fn stuck_message(judged: &stuck::Judgement) -> Option<String> {
+    (!judged.stuck.is_empty()).then(|| {
+        format!(
+            "{}; it is force-deleted once its node is gone, tainted {} or not Ready for {} s",
+            judged.stuck.join("; "),
+            stuck::OUT_OF_SERVICE_TAINT,
+            stuck::NODE_LOST_AFTER_SECONDS
+        )
+    })
+}
+
+/// The status of a DataJob being deleted whose teardown is stuck: `Stalled=True` with reason
+/// `TeardownStuck` and `message` (from [`on_deletion`]), the other conditions and the state
+/// as they were (a deletion changes no state). None when the status already shows exactly
+/// that, so a teardown that stays stuck is written once.
+pub fn stalled_deletion(
+    status: &DataJobStatus,
+    message: &str,
+    now: Timestamp,
+    generation: i64,
+) -> Option<DataJobStatus> {
+    let kind = ConditionType::Stalled.as_str();
+    let previous = condition::find(&status.conditions, kind);
+    if previous.is_some_and(|c| {
+        c.is_true() && c.reason == Reason::TeardownStuck.as_str() && c.message == message
+    }) {
+        return None;
+    }
+    let since = previous
+        .filter(|c| c.is_true())
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    let stalled = conditions::condition(
+        ConditionType::Stalled,
+        true,
+        Reason::TeardownStuck,
+        message.to_string(),
+        since,
+        Some(generation),
+    );
+    let mut next = status.clone();
+    next.conditions.retain(|c| c.type_ != kind);
+    next.conditions.push(stalled);
+    next.updated_at = Some(Time(now));
+    Some(next)
 }
 
 fn tearing_down(pods: usize) -> super::Waiting {
@@ -92,20 +150,14 @@ impl Step<'_> {
             self.event(EventKind::Warning, Reason::PodForceDeleted, message);
             self.force_delete.push(pod.clone());
         }
-        if judged.stuck.is_empty() {
-            // Not announced: the state change already said that pods are torn down.
-            self.waiting = Some(tearing_down(self.obs.pods.len()));
-        } else {
-            let message = format!(
-                "{}; it is force-deleted once its node is gone, tainted {} or not Ready for {} s",
-                judged.stuck.join("; "),
-                stuck::OUT_OF_SERVICE_TAINT,
-                stuck::NODE_LOST_AFTER_SECONDS
-            );
+        if let Some(message) = stuck_message(&judged) {
             self.wait(Reason::TeardownStuck, message, EventKind::Warning);
             if let Some(waiting) = &mut self.waiting {
                 waiting.stalled = true;
             }
+        } else {
+            // Not announced: the state change already said that pods are torn down.
+            self.waiting = Some(tearing_down(self.obs.pods.len()));
         }
         self.requeue = Some(judged.next_look.unwrap_or(RESYNC).min(RESYNC));
     }

@@ -30,7 +30,7 @@ use super::model::{
 use crate::api::{ClusterType, DataJobSpec, DataJobStatus, JobFailure, JobState};
 use crate::executor::PodSlot;
 
-pub use cancellation::{on_deletion, teardown};
+pub use cancellation::{on_deletion, stalled_deletion, teardown};
 pub use pending::executor_create_failed;
 
 /// Decides the next step for one job.

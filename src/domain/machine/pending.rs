@@ -2,7 +2,7 @@
 //! create its pods, and move to `running` once the driver runs; or fail with
 //! `ExecutorStartFailed` when it cannot start ([`crate::domain::start`]).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 
 use super::{Step, duration_until, resolve_cluster_type, workers};
 use crate::api::JobState;
@@ -29,6 +29,9 @@ impl Step<'_> {
     pub(super) fn initialize(&mut self) {
         self.status.job_id = Some(self.obs.uid.clone());
         self.status.created_at = Some(self.now());
+        if self.status.arrived_at.is_none() {
+            self.status.arrived_at = self.obs.arrival.map(MicroTime);
+        }
         self.move_to(JobState::Pending, "job accepted".to_string());
         if self.obs.refusal.is_none() && self.obs.rejection.is_none() && !self.obs.spec.cancel {
             self.pending();
