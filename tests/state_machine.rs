@@ -1098,3 +1098,49 @@ fn a_deleted_jobs_stuck_teardown_is_shown_once_naming_pod_and_node() {
         "an unchanged stuck teardown is written once"
     );
 }
+
+#[test]
+fn a_worker_of_a_running_job_that_cannot_start_is_shown_once_and_the_job_runs_on() {
+    let mut job = Job::running(ClusterType::Dedicated);
+    let worker = job
+        .obs
+        .pods
+        .iter_mut()
+        .find(|p| p.role == Some(Role::Worker))
+        .expect("a worker");
+    worker.phase = PodPhase::Pending;
+    worker.waiting = Some(Cause {
+        reason: "ImagePullBackOff".to_string(),
+        message: "Back-off pulling image".to_string(),
+    });
+    let name = worker.name.clone();
+    let plan = job.step_and_apply();
+    assert_eq!(job.state(), Some(JobState::Running), "the driver goes on");
+    assert_eq!(reasons(&plan), ["ExecutorWaiting"]);
+    assert_eq!(plan.events[0].kind, EventKind::Warning);
+    let ready = job
+        .obs
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready");
+    let ready = ready.expect("Ready");
+    assert_eq!(ready.reason, "ExecutorWaiting");
+    assert!(ready.message.contains(&name) && ready.message.contains("ImagePullBackOff"));
+    let before = job.obs.status.clone();
+    let again = job.step_and_apply();
+    assert!(again.events.is_empty(), "shown once");
+    assert!(!again.writes_status(Some(&before)), "and written once");
+    job.set_phase(PodPhase::Running);
+    for pod in &mut job.obs.pods {
+        pod.waiting = None;
+    }
+    job.step_and_apply();
+    let ready = job
+        .obs
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready");
+    assert_eq!(ready.expect("Ready").reason, "Running");
+}

@@ -4,7 +4,8 @@
 
 use super::{Step, after_seconds, duration_until, workers};
 use crate::api::{ClusterType, JobResult, JobState};
-use crate::domain::model::{ObservedPod, PodPhase, RESYNC, Reason};
+use crate::domain::model::{EventKind, ObservedPod, PodPhase, RESYNC, Reason};
+use crate::domain::start;
 use crate::executor::{self, DriverOutcome, PodSlot, Role};
 
 impl Step<'_> {
@@ -31,7 +32,32 @@ impl Step<'_> {
             self.fail(reason, message);
             return;
         }
+        self.watch_workers();
         self.watch_deadline();
+    }
+
+    /// A dedicated job runs once its driver does; a worker that cannot start meanwhile (an
+    /// image pull, a missing Secret, no node that fits) is shown (reason `ExecutorWaiting` on
+    /// the conditions, a Warning event once) while the driver goes on with the workers it has.
+    /// It does not fail the job: the driver decides, and `activeDeadlineSeconds` bounds it.
+    fn watch_workers(&mut self) {
+        let workers: Vec<ObservedPod> = self
+            .obs
+            .pods
+            .iter()
+            .filter(|p| p.role == Some(Role::Worker))
+            .cloned()
+            .collect();
+        if let Some(blocked) = start::blocked(&workers, None) {
+            self.wait(
+                Reason::ExecutorWaiting,
+                format!(
+                    "worker {}; the driver runs on without it until it starts",
+                    blocked.describe()
+                ),
+                EventKind::Warning,
+            );
+        }
     }
 
     /// Completes or fails the job from the driver's exit code and termination message.
