@@ -331,3 +331,36 @@ fn pool_view(job: &DataJob, pool: Option<&ComputePool>, admitted: bool) -> PoolV
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_pod_shows_when_its_deletion_was_asked_for_and_its_result_finalizer() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "dj-x-1-driver", "finalizers": ["example.com/other", executor::RESULT_FINALIZER],
+                "deletionTimestamp": "2026-01-01T00:00:30Z", "deletionGracePeriodSeconds": 30,
+            },
+            "status": { "phase": "Succeeded", "containerStatuses": [{
+                "name": "executor", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "terminated": { "exitCode": 0, "finishedAt": "2026-01-01T00:00:00Z" } },
+            }]},
+        }))
+        .expect("pod");
+        let observed = observe_pod(&pod);
+        let at = |s: &str| s.parse::<Timestamp>().expect("time");
+        assert!(observed.holds_result && observed.terminating);
+        assert_eq!(
+            observed.deletion_requested_at,
+            Some(at("2026-01-01T00:00:00Z"))
+        );
+        let finished = observed.termination.as_ref().and_then(|t| t.finished_at);
+        assert_eq!(finished, Some(at("2026-01-01T00:00:00Z")));
+        assert!(
+            observed.finished_before_deletion(),
+            "the same second counts as before"
+        );
+    }
+}
