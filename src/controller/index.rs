@@ -14,6 +14,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::DataJob;
+use crate::domain::admission::Arrivals;
 
 /// Receives a cache's changes after they reached its store.
 pub trait CacheIndex<K>: Send + Sync {
@@ -108,6 +109,18 @@ impl JobIndex {
     /// status does not record it yet.
     pub fn arrival(&self, uid: &str) -> Option<Timestamp> {
         self.with(|inner| inner.arrivals.get(uid).copied())
+    }
+
+    /// The arrivals of `jobs` that their statuses do not record yet, for the pool queue.
+    pub fn arrivals_of(&self, jobs: &[Arc<DataJob>]) -> Arrivals {
+        self.with(|inner| {
+            jobs.iter()
+                .filter_map(|job| {
+                    let uid = job.metadata.uid.as_deref()?;
+                    Some((uid.to_string(), *inner.arrivals.get(uid)?))
+                })
+                .collect()
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! they wait in, and the one [`admit`] decision. The DataJob controller admits with it; the
 //! ComputePool status counts the same [`PoolQueue`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kube::ResourceExt;
@@ -31,11 +31,14 @@ pub fn still_in_flight(job: &DataJob) -> bool {
     !holds_slot(job) && awaits_slot(job)
 }
 
+/// Arrivals the operator's watch saw that the jobs' statuses may not show yet, by job uid.
+pub type Arrivals = HashMap<String, jiff::Timestamp>;
+
 /// A job's place in its pool's queue: first come, first served. Arrival is
 /// `creationTimestamp` (whole seconds), then within a second the time the operator's watch
-/// delivered the job (`status.arrivedAt`, which follows the API server's order of creation);
-/// a job without one (first seen in a list) comes after those that have one, by namespace and
-/// name.
+/// delivered the job (`status.arrivedAt`, which follows the API server's order of creation, or
+/// while the cache does not show that record yet, the watch's own note in `arrivals`); a job
+/// without one (first seen in a list) comes after those that have one, by namespace and name.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct QueueKey<'a> {
     created: Option<jiff::Timestamp>,
@@ -46,12 +49,16 @@ struct QueueKey<'a> {
 }
 
 impl<'a> QueueKey<'a> {
-    fn of(job: &'a DataJob) -> Self {
+    fn of(job: &'a DataJob, arrivals: &Arrivals) -> Self {
         let arrival = job
             .status
             .as_ref()
             .and_then(|s| s.arrived_at.as_ref())
-            .map(|t| t.0);
+            .map(|t| t.0)
+            .or_else(|| {
+                let uid = job.metadata.uid.as_deref()?;
+                arrivals.get(uid).copied()
+            });
         QueueKey {
             created: job.metadata.creation_timestamp.as_ref().map(|t| t.0),
             unknown_arrival: arrival.is_none(),
@@ -99,11 +106,11 @@ impl PoolQueue {
 
     /// The job's place in the queue (0 is next): how many waiting jobs came before it. One
     /// pass, no sort.
-    fn rank(&self, job: &DataJob) -> usize {
-        let key = QueueKey::of(job);
+    fn rank(&self, job: &DataJob, arrivals: &Arrivals) -> usize {
+        let key = QueueKey::of(job, arrivals);
         self.waiting
             .iter()
-            .filter(|j| j.uid() != job.uid() && QueueKey::of(j) < key)
+            .filter(|j| j.uid() != job.uid() && QueueKey::of(j, arrivals) < key)
             .count()
     }
 
@@ -115,10 +122,10 @@ impl PoolQueue {
     }
 
     /// The waiting jobs that take the slots free now, first come first.
-    fn next(mut self, max: i32) -> Vec<Arc<DataJob>> {
+    fn next(mut self, max: i32, arrivals: &Arrivals) -> Vec<Arc<DataJob>> {
         let free = self.free(max);
         self.waiting
-            .sort_by(|a, b| QueueKey::of(a).cmp(&QueueKey::of(b)));
+            .sort_by(|a, b| QueueKey::of(a, arrivals).cmp(&QueueKey::of(b, arrivals)));
         self.waiting.truncate(free);
         self.waiting
     }
@@ -140,11 +147,13 @@ pub fn settled(job: &DataJob, pool: &ComputePool) -> Option<bool> {
 
 /// Decides whether `job` may take a slot of `pool` now. `in_flight` holds uids the operator
 /// admitted whose status the cache may not show yet; they count as holders and stay admitted.
+/// `arrivals` are the watch's arrivals the statuses may not show yet ([`Arrivals`]).
 pub fn admit(
     job: &DataJob,
     pool: &ComputePool,
     jobs: &[Arc<DataJob>],
     in_flight: &HashSet<String>,
+    arrivals: &Arrivals,
 ) -> bool {
     if let Some(admitted) = settled(job, pool) {
         return admitted;
@@ -153,7 +162,7 @@ pub fn admit(
         return true;
     }
     let queue = PoolQueue::new(&pool.name_any(), jobs, in_flight);
-    queue.rank(job) < queue.free(pool.spec.max_concurrent_jobs)
+    queue.rank(job, arrivals) < queue.free(pool.spec.max_concurrent_jobs)
 }
 
 /// The jobs of a limited `pool` that a freed slot admits now: the first waiting jobs in queue
@@ -163,11 +172,12 @@ pub fn next_in_line(
     pool: &ComputePool,
     jobs: &[Arc<DataJob>],
     in_flight: &HashSet<String>,
+    arrivals: &Arrivals,
 ) -> Vec<Arc<DataJob>> {
     if pool.spec.max_concurrent_jobs <= 0 {
         return Vec::new();
     }
-    PoolQueue::new(&pool.name_any(), jobs, in_flight).next(pool.spec.max_concurrent_jobs)
+    PoolQueue::new(&pool.name_any(), jobs, in_flight).next(pool.spec.max_concurrent_jobs, arrivals)
 }
 
 #[cfg(test)]
@@ -180,6 +190,10 @@ mod tests {
 
     use super::*;
     use crate::api::{ComputePool, DataJob};
+
+    fn no_arrivals() -> Arrivals {
+        Arrivals::new()
+    }
 
     fn pool(max: i32) -> ComputePool {
         serde_json::from_value(json!({
@@ -210,10 +224,16 @@ mod tests {
     fn the_oldest_waiting_jobs_take_the_free_slots() {
         let jobs = vec![job("a", 1, true), job("b", 3, false), job("c", 2, false)];
         let none = HashSet::new();
-        assert!(admit(&jobs[2], &pool(2), &jobs, &none), "c is older than b");
-        assert!(!admit(&jobs[1], &pool(2), &jobs, &none));
-        assert!(admit(&jobs[1], &pool(3), &jobs, &none));
-        assert!(admit(&jobs[1], &pool(0), &jobs, &none), "0 means unlimited");
+        assert!(
+            admit(&jobs[2], &pool(2), &jobs, &none, &no_arrivals()),
+            "c is older than b"
+        );
+        assert!(!admit(&jobs[1], &pool(2), &jobs, &none, &no_arrivals()));
+        assert!(admit(&jobs[1], &pool(3), &jobs, &none, &no_arrivals()));
+        assert!(
+            admit(&jobs[1], &pool(0), &jobs, &none, &no_arrivals()),
+            "0 means unlimited"
+        );
     }
 
     /// A waiting job created at second `created` whose arrival the operator recorded at
@@ -240,7 +260,7 @@ mod tests {
             arrived("v", 4, None),
         ];
         let none = HashSet::new();
-        let order: Vec<String> = next_in_line(&pool(9), &jobs, &none)
+        let order: Vec<String> = next_in_line(&pool(9), &jobs, &none, &no_arrivals())
             .iter()
             .map(|j| j.name_any())
             .collect();
@@ -248,13 +268,37 @@ mod tests {
         for (name, place) in [("v", 1), ("z", 2), ("y", 3), ("x", 4), ("w", 5)] {
             let job = jobs.iter().find(|j| j.name_any() == name).expect("job");
             assert!(
-                admit(job, &pool(place), &jobs, &none),
+                admit(job, &pool(place), &jobs, &none, &no_arrivals()),
                 "{name} is number {place}"
             );
             if place > 1 {
-                assert!(!admit(job, &pool(place - 1), &jobs, &none), "{name}");
+                assert!(
+                    !admit(job, &pool(place - 1), &jobs, &none, &no_arrivals()),
+                    "{name}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn an_arrival_the_cache_does_not_show_yet_keeps_its_place() {
+        // z arrived first, but the cache still shows it as created, without its pending
+        // record; x's record (a later arrival) is cached already.
+        let mut z = (*job("z", 5, false)).clone();
+        z.status = None;
+        let x = arrived("x", 5, Some(900));
+        let jobs = vec![Arc::new(z), x.clone()];
+        let none = HashSet::new();
+        let early = jiff::Timestamp::from_microsecond(5_000_100).expect("time");
+        let noted: Arrivals = [("uid-z".to_string(), early)].into();
+        assert!(
+            !admit(&x, &pool(1), &jobs, &none, &noted),
+            "z keeps its place"
+        );
+        assert!(
+            admit(&x, &pool(1), &jobs, &none, &no_arrivals()),
+            "without the note, z sorts last"
+        );
     }
 
     #[test]
@@ -266,7 +310,7 @@ mod tests {
             job("d", 4, false),
         ];
         let names = |max: i32, in_flight: &HashSet<String>| -> Vec<String> {
-            next_in_line(&pool(max), &jobs, in_flight)
+            next_in_line(&pool(max), &jobs, in_flight, &no_arrivals())
                 .iter()
                 .map(|j| j.name_any())
                 .collect()
@@ -283,10 +327,10 @@ mod tests {
     fn admissions_not_yet_in_the_cache_count_and_stay_admitted() {
         let jobs = vec![job("a", 1, false), job("b", 2, false), job("c", 3, false)];
         let in_flight: HashSet<String> = ["uid-a".to_string(), "uid-b".to_string()].into();
-        assert!(admit(&jobs[0], &pool(2), &jobs, &in_flight));
-        assert!(admit(&jobs[1], &pool(2), &jobs, &in_flight));
+        assert!(admit(&jobs[0], &pool(2), &jobs, &in_flight, &no_arrivals()));
+        assert!(admit(&jobs[1], &pool(2), &jobs, &in_flight, &no_arrivals()));
         assert!(
-            !admit(&jobs[2], &pool(2), &jobs, &in_flight),
+            !admit(&jobs[2], &pool(2), &jobs, &in_flight, &no_arrivals()),
             "both slots are taken"
         );
     }

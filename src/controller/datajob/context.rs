@@ -185,8 +185,9 @@ impl Context {
         }
         let name = pool.name_any();
         let jobs = self.stores.jobs_in_pool(&name);
+        let arrivals = self.stores.index.arrivals_of(&jobs);
         self.with_in_flight(&name, &jobs, |in_flight| {
-            let admitted = admission::admit(job, pool, &jobs, in_flight);
+            let admitted = admission::admit(job, pool, &jobs, in_flight, &arrivals);
             if admitted && let Some(uid) = job.uid() {
                 in_flight.insert(uid);
             }
@@ -396,8 +397,9 @@ impl Context {
             return;
         };
         let jobs = self.stores.jobs_in_pool(pool);
+        let arrivals = self.stores.index.arrivals_of(&jobs);
         let next = self.with_in_flight(pool, &jobs, |in_flight| {
-            admission::next_in_line(&limits, &jobs, in_flight)
+            admission::next_in_line(&limits, &jobs, in_flight, &arrivals)
         });
         for job in next {
             // A closed channel means the controller is shutting down.
