@@ -346,10 +346,10 @@ pub struct DataJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Time>,
 
-    /// When the operator's watch first delivered the job, to the microsecond. A limited compute
-    /// pool admits the jobs waiting for a slot in the order of `creationTimestamp` (whole
-    /// seconds), then of this time; a job the operator first saw in a list (created while no
-    /// operator ran) has none and comes after those of its second, by namespace and name.
+    /// When the operator first saw the job, to the microsecond: from its watch, or for jobs it
+    /// found in a list (created while it did not watch) the time of that list, in the order of
+    /// `creationTimestamp` and name. A limited compute pool admits the jobs waiting for a slot
+    /// in the order of `creationTimestamp` (whole seconds), then of this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arrived_at: Option<MicroTime>,
 

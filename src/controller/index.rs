@@ -146,7 +146,11 @@ impl CacheIndex<DataJob> for JobIndex {
         });
     }
 
+    /// Listed jobs were created before the list was read, so before any job the watch
+    /// delivers next: each listed job that has no arrival yet gets one now, in the order of
+    /// `creationTimestamp`, namespace and name (the best a list tells).
     fn relisted(&self, jobs: &[Arc<DataJob>]) {
+        let mut unnoted: Vec<&Arc<DataJob>> = Vec::new();
         self.with(|inner| {
             let uids: HashSet<String> = jobs.iter().filter_map(|j| j.uid()).collect();
             inner.arrivals.retain(|uid, _| uids.contains(uid));
@@ -154,6 +158,29 @@ impl CacheIndex<DataJob> for JobIndex {
             inner.pool_of.clear();
             for job in jobs {
                 inner.place(job);
+                let recorded = job.status.as_ref().is_some_and(|s| s.arrived_at.is_some());
+                let noted = job
+                    .metadata
+                    .uid
+                    .as_ref()
+                    .is_some_and(|uid| inner.arrivals.contains_key(uid));
+                if !recorded && !noted {
+                    unnoted.push(job);
+                }
+            }
+            unnoted.sort_by(|a, b| {
+                let key = |j: &DataJob| {
+                    (
+                        j.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                        j.metadata.namespace.clone(),
+                        j.metadata.name.clone(),
+                    )
+                };
+                key(a).cmp(&key(b))
+            });
+            for job in unnoted {
+                let at = inner.next_arrival();
+                inner.arrivals.insert(job.uid().unwrap_or_default(), at);
             }
         });
     }
@@ -223,8 +250,12 @@ mod tests {
             .map(|uid| index.arrival(uid).expect("arrived"))
             .collect();
         assert!(arrivals.windows(2).all(|w| w[0] < w[1]), "{arrivals:?}");
-        index.applied(&job("listed", "listed", Some("p")), false);
-        assert_eq!(index.arrival("listed"), None, "a listed job has no arrival");
+        index.applied(&job("known", "known", Some("p")), false);
+        assert_eq!(
+            index.arrival("known"),
+            None,
+            "a change to a known job is no arrival"
+        );
         let mut recorded = job("uid-0", "uid-0", Some("p"));
         recorded.status = Some(crate::api::DataJobStatus {
             arrived_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
@@ -234,5 +265,33 @@ mod tests {
         });
         index.applied(&recorded, false);
         assert_eq!(index.arrival("uid-0"), None);
+    }
+
+    #[test]
+    fn listed_jobs_arrive_before_the_jobs_the_watch_delivers_next() {
+        let index = JobIndex::default();
+        let created = |name: &str, second: i64| {
+            let mut j = job(name, name, Some("p"));
+            j.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::from_second(second).expect("time"),
+                ));
+            Arc::new(j)
+        };
+        index.relisted(&[created("b", 7), created("a", 7), created("c", 6)]);
+        index.applied(&job("d", "d", Some("p")), true);
+        let order: Vec<Timestamp> = ["c", "a", "b", "d"]
+            .iter()
+            .map(|uid| index.arrival(uid).expect("noted"))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        let before = index.arrival("a");
+        index.relisted(&[created("a", 7)]);
+        assert_eq!(index.arrival("a"), before, "a relist keeps a noted arrival");
+        assert_eq!(
+            index.arrival("d"),
+            None,
+            "a job gone from the list is forgotten"
+        );
     }
 }

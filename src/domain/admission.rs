@@ -38,7 +38,8 @@ pub type Arrivals = HashMap<String, jiff::Timestamp>;
 /// `creationTimestamp` (whole seconds), then within a second the time the operator's watch
 /// delivered the job (`status.arrivedAt`, which follows the API server's order of creation, or
 /// while the cache does not show that record yet, the watch's own note in `arrivals`); a job
-/// without one (first seen in a list) comes after those that have one, by namespace and name.
+/// without one (the operator noted none) comes after those that have one, by namespace and
+/// name.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct QueueKey<'a> {
     created: Option<jiff::Timestamp>,
@@ -237,7 +238,7 @@ mod tests {
     }
 
     /// A waiting job created at second `created` whose arrival the operator recorded at
-    /// `micros` past that second (None: first seen in a list).
+    /// `micros` past that second (None: no arrival noted).
     fn arrived(name: &str, created: i64, micros: Option<i64>) -> Arc<DataJob> {
         let mut job = (*job(name, created, false)).clone();
         if let Some(status) = job.status.as_mut() {
@@ -250,7 +251,7 @@ mod tests {
 
     #[test]
     fn within_one_second_the_queue_follows_arrival_not_names() {
-        // Created in the same second in the order z, y, x; w was listed (no arrival); v is a
+        // Created in the same second in the order z, y, x; w has no arrival; v is a
         // second older.
         let jobs = vec![
             arrived("x", 5, Some(900)),

@@ -197,8 +197,8 @@ pub struct Observation {
     /// Why the tenant boundary refuses the job ([`crate::domain::policy`]), or a pod that
     /// squats on one of its executor's names; None when nothing is refused.
     pub refusal: Option<crate::domain::policy::Refusal>,
-    /// When the operator's watch first delivered the job; None when it was first seen in a
-    /// list. Recorded as `status.arrivedAt` with the `pending` record.
+    /// When the operator first saw the job (its watch, or the list it was found in), if it
+    /// noted it. Recorded as `status.arrivedAt` with the `pending` record.
     pub arrival: Option<Timestamp>,
 }
 
