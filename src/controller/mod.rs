@@ -42,6 +42,10 @@ pub async fn run(
     caches: Caches,
     undecodable: UnboundedReceiver<Undecodable>,
 ) {
+    // Decide from complete caches only: before the pod and pool caches listed their objects,
+    // a job would see its pods or its pool missing (a spurious WaitingForComputePool, a live
+    // pod check for every running job).
+    caches.wait_synced().await;
     let stores = caches.stores();
     metrics.count_jobs_with(crate::telemetry::count_jobs_in(stores.jobs.clone()));
     let pool_status = config
@@ -49,15 +53,13 @@ pub async fn run(
         .is_none()
         .then(|| (caches.jobs.subscribe(), caches.pools.subscribe()));
     let instance = config.instance.clone();
-    // Once the DataJob cache is complete, a job missing from it is worth a GET.
-    let orphans = {
-        let (client, stores, caches) = (client.clone(), stores.clone(), caches.clone());
-        async move {
-            caches.wait_synced().await;
-            let (pods, jobs) = (caches.pods.subscribe(), caches.jobs.subscribe());
-            result_finalizer::release_orphans(client, stores, pods, jobs).await;
-        }
-    };
+    // The DataJob cache is complete: a job missing from it is worth a GET.
+    let orphans = result_finalizer::release_orphans(
+        client.clone(),
+        stores.clone(),
+        caches.pods.subscribe(),
+        caches.jobs.subscribe(),
+    );
     let (context, wake) = datajob::Context::new(client.clone(), config, metrics, stores.clone());
     let triggers = datajob::Triggers {
         jobs: caches.jobs.subscribe().boxed(),

@@ -125,6 +125,13 @@ async fn a_namespaced_operator_queues_by_arrival_and_starts_the_next_job_when_a_
     let pool = env
         .own_pool("one-slot", json!({ "maxConcurrentJobs": 1 }))
         .await;
+    // The jobs must reach the operator through its watch, not its first list (a list has no
+    // order within a second; its jobs are ranked by name).
+    let operator = &env.operator;
+    eventually("the operator's caches to sync", STEP, async || {
+        operator.logged("caches synced; ready").then_some(())
+    })
+    .await;
     // Created one after the other, most likely within one second, against the names' order.
     let names = ["c-z", "c-y", "c-x"];
     for name in names {
