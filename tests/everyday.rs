@@ -16,7 +16,9 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use support::{Operator, STEP, datajob, exit_pod, install_crds, wait_pods_running, wait_state};
+use support::{
+    Operator, STEP, datajob, eventually, exit_pod, install_crds, wait_pods_running, wait_state,
+};
 use support::{TestNamespace, admin_client, kubectl, wait_deleted};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-datajob");
@@ -481,10 +483,18 @@ async fn plugin_describe_shows_timeline_conditions_pods_result_and_failures() {
     assert!(out.contains("finished: completed"), "{out}");
 
     finish(&client, n, "bad", false).await;
-    let (_, out, _) = plugin(&["-n", n, "describe", "bad"]);
+    // The state change's event follows the status write that `finish` waited for.
+    let out = eventually(
+        "the failure's Warning event in describe",
+        STEP,
+        async || {
+            let (_, out, _) = plugin(&["-n", n, "describe", "bad"]);
+            out.contains("Warning").then_some(out)
+        },
+    )
+    .await;
     assert!(out.contains("Failures:"), "{out}");
     assert!(out.contains("table 6402 not found"), "{out}");
-    assert!(out.contains("Warning"), "a failure event:\n{out}");
 
     let (code, _, err) = plugin(&["-n", n, "describe", "nope"]);
     assert_eq!(code, 1);

@@ -1,8 +1,8 @@
 //! Apply: carries out a [`Plan`] against the API server. Status first (server-side apply on the
 //! status subresource, guarded by the observed resourceVersion so a decision made on a stale
-//! read is rejected instead of written), then pod deletions, the removal of result finalizers
-//! the plan releases, and creations (all idempotent), then events, metrics and the wake-ups a
-//! freed slot causes.
+//! read is rejected instead of written) and at once the events of what it records, then pod
+//! deletions, the removal of result finalizers the plan releases, and creations (all
+//! idempotent), then metrics.
 
 use std::time::Duration;
 
@@ -64,6 +64,9 @@ pub async fn apply(
             })?;
         ctx.wrote(job, version.as_deref());
     }
+    // Right after the status write that records them: a pod request failing below cannot
+    // lose the event of a state change already written.
+    publish_events(&ctx.recorder, job, &plan.events).await;
     let pods = ctx.pods_api(&namespace);
     delete_pods(&pods, &namespace, &plan.delete).await?;
     for name in &plan.delete {
@@ -85,7 +88,6 @@ pub async fn apply(
             return Ok(Action::requeue(RECHECK_AFTER_REJECTION));
         }
     }
-    publish_events(&ctx.recorder, job, &plan.events).await;
     record_transition(job, ctx, plan);
     if plan.delete_job {
         delete_job(&ctx.jobs_api(&namespace), job).await?;
