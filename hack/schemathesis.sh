@@ -9,17 +9,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR
+source "$ROOT/hack/lib/common.sh"
 VERSION=4.32.5
 VENV="${XDG_CACHE_HOME:-$HOME/.cache}/datajob-operator/schemathesis-$VERSION"
-
-# A venv counts once the install finished (the stamp); an interrupted one is made again.
-if [[ ! -f $VENV/.installed ]]; then
-  command -v python3 >/dev/null || { echo "schemathesis needs python3 (with the venv module)" >&2; exit 1; }
-  echo "installing schemathesis $VERSION into $VENV" >&2
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$VERSION"
-  touch "$VENV/.installed"
-fi
+python_venv "$VENV" "schemathesis==$VERSION"
 [[ ${1:-} == --install-only ]] && exit 0
 exec "$VENV/bin/st" --config-file "$ROOT/hack/schemathesis.toml" "$@"

@@ -1,5 +1,6 @@
 # What the hack/ scripts share: logging, the cluster options and state folder, and processes
-# recorded by pid. Sourced by cluster.sh, test.sh, demo.sh and bench.sh.
+# recorded by pid, and pinned Python tools in a venv. Sourced by cluster.sh, test.sh, demo.sh,
+# bench.sh, plot-bench.sh and schemathesis.sh.
 # shellcheck shell=bash
 
 # log MESSAGE...: a timestamped line on stderr.
@@ -132,4 +133,20 @@ stop_recorded() {
     fi
   fi
   rm -f "$base.pid" "$base.exe"
+}
+
+# --- Python tools -------------------------------------------------------------------------
+
+# python_venv DIR REQUIREMENT: makes DIR a virtualenv with the pinned REQUIREMENT from PyPI, on
+# first use (needs python3 with venv). A venv counts once its install finished (the stamp); an
+# interrupted one is made again.
+python_venv() {
+  local venv=$1 requirement=$2
+  [[ -f $venv/.installed ]] && return 0
+  command -v python3 >/dev/null || die "$requirement needs python3 (with the venv module)"
+  log "installing $requirement into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$requirement"
+  touch "$venv/.installed"
 }
