@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use datajob_operator::api::{
-    ClusterType, DataJobSpec, DataJobStatus, ExecutorSpec, JobInput, JobState, JobType,
+    ClusterType, Condition, DataJobSpec, DataJobStatus, ExecutorSpec, JobInput, JobState, JobType,
 };
 use datajob_operator::domain::{
     Cause, EventKind, NodeView, Observation, ObservedPod, Plan, PodPhase, PoolView, Reason,
@@ -191,13 +191,14 @@ fn pod(name: &str, role: Role, phase: PodPhase) -> ObservedPod {
 }
 
 fn condition(job: &Job, type_: &str) -> String {
-    job.obs
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
+    find_condition(job, type_)
         .map(|c| c.status.clone())
         .unwrap_or_default()
+}
+
+/// The job's condition of `type_`, if its status has one.
+fn find_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a Condition> {
+    job.obs.status.conditions.iter().find(|c| c.type_ == type_)
 }
 
 fn reasons(plan: &Plan) -> Vec<Reason> {
@@ -661,12 +662,7 @@ fn an_image_pull_back_off_is_a_warning_and_a_condition_until_the_start_timeout()
     assert_eq!(job.state(), Some(JobState::Pending));
     assert_eq!(reasons(&plan), ["ExecutorWaiting"]);
     assert_eq!(plan.events[0].kind, EventKind::Warning);
-    let reconciling = job
-        .obs
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Reconciling");
+    let reconciling = find_condition(&job, "Reconciling");
     let reconciling = reconciling.expect("Reconciling");
     assert_eq!(reconciling.reason, "ExecutorWaiting");
     assert!(
@@ -801,12 +797,7 @@ fn a_teardown_stuck_past_the_grace_period_stalls_and_a_pod_on_a_lost_node_is_for
     assert_eq!(condition(&job, "Stalled"), "True");
     assert_eq!(reasons(&plan), ["TeardownStuck"]);
     assert_eq!(plan.events[0].kind, EventKind::Warning);
-    let stalled = job
-        .obs
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled");
+    let stalled = find_condition(&job, "Stalled");
     let message = &stalled.expect("Stalled").message;
     assert!(message.contains("-driver on node kwok-node-3"), "{message}");
     assert!(plan.force_delete.is_empty(), "the node's state is unknown");
@@ -1118,12 +1109,7 @@ fn a_worker_of_a_running_job_that_cannot_start_is_shown_once_and_the_job_runs_on
     assert_eq!(job.state(), Some(JobState::Running), "the driver goes on");
     assert_eq!(reasons(&plan), ["ExecutorWaiting"]);
     assert_eq!(plan.events[0].kind, EventKind::Warning);
-    let ready = job
-        .obs
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready");
+    let ready = find_condition(&job, "Ready");
     let ready = ready.expect("Ready");
     assert_eq!(ready.reason, "ExecutorWaiting");
     assert!(ready.message.contains(&name) && ready.message.contains("ImagePullBackOff"));
@@ -1136,11 +1122,6 @@ fn a_worker_of_a_running_job_that_cannot_start_is_shown_once_and_the_job_runs_on
         pod.waiting = None;
     }
     job.step_and_apply();
-    let ready = job
-        .obs
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready");
+    let ready = find_condition(&job, "Ready");
     assert_eq!(ready.expect("Ready").reason, "Running");
 }
