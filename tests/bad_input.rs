@@ -12,7 +12,7 @@
 
 mod support;
 
-use datajob_operator::api::{ComputePool, DataJob, JobState};
+use datajob_operator::api::{ComputePool, DataJob, JobFailure, JobState};
 use datajob_operator::executor;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota};
@@ -121,6 +121,21 @@ fn job_case(case: &'static str, spec_patch: Value, field: &'static str) -> Refus
         json!({ "metadata": {}, "spec": job_spec(spec_patch) }),
         field,
     )
+}
+
+/// Waits until job `name` failed and returns its last failure, whose reason must be
+/// `ExecutorStartFailed`.
+async fn wait_start_failed(jobs: &Api<DataJob>, name: &str) -> JobFailure {
+    let failed = wait_for(jobs, name, STEP, |j| {
+        j.status.as_ref().and_then(|s| s.state) == Some(JobState::Failed)
+    })
+    .await;
+    let failure = failed
+        .status
+        .and_then(|s| s.failures.last().cloned())
+        .expect("a failure");
+    assert_eq!(failure.reason, "ExecutorStartFailed");
+    failure
 }
 
 /// A job from the shared builder with `extra` merged into its spec.
@@ -1144,15 +1159,7 @@ async fn a_used_up_quota_is_shown_and_fails_the_job_at_its_start_timeout() {
     let reconciling = conditions.iter().find(|c| c.type_ == "Reconciling");
     let message = &reconciling.expect("Reconciling").message;
     assert!(message.contains("exceeded quota: no-pods"), "{message}");
-    let failed = wait_for(&jobs, "no-room", STEP, |j| {
-        j.status.as_ref().and_then(|s| s.state) == Some(JobState::Failed)
-    })
-    .await;
-    let failure = failed
-        .status
-        .and_then(|s| s.failures.last().cloned())
-        .expect("a failure");
-    assert_eq!(failure.reason, "ExecutorStartFailed");
+    let failure = wait_start_failed(&jobs, "no-room").await;
     assert!(
         failure.message.contains("within 15 s") && failure.message.contains("exceeded quota"),
         "{}",
@@ -1203,15 +1210,7 @@ async fn requests_above_every_nodes_capacity_fail_the_job() {
         message.contains("-driver: Unschedulable:") && message.contains("Insufficient cpu"),
         "{message}"
     );
-    let failed = wait_for(&jobs, "too-big", STEP, |j| {
-        j.status.as_ref().and_then(|s| s.state) == Some(JobState::Failed)
-    })
-    .await;
-    let failure = failed
-        .status
-        .and_then(|s| s.failures.last().cloned())
-        .expect("a failure");
-    assert_eq!(failure.reason, "ExecutorStartFailed");
+    let failure = wait_start_failed(&jobs, "too-big").await;
     assert!(
         failure.message.contains("within 20 s") && failure.message.contains("Unschedulable"),
         "{}",

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::context::Context;
 use super::error::Error;
 use crate::OPERATOR_NAME;
-use crate::api::{ComputePool, DataJob, JobState};
+use crate::api::{ComputePool, DataJob, DataJobStatus, JobState};
 use crate::controller::kube_util::{self, Guard, invalid_message, is_not_found, object_key};
 use crate::controller::result_finalizer;
 use crate::domain::{self, EventKind, JobEvent, Plan};
@@ -56,13 +56,7 @@ pub async fn apply(
         } else {
             Guard::None
         };
-        let version = kube_util::apply_status(&ctx.jobs_api(&namespace), job, &plan.status, guard)
-            .await
-            .map_err(|source| Error::WriteStatus {
-                job: object_key(job),
-                source,
-            })?;
-        ctx.wrote(job, version.as_deref());
+        write_status(job, ctx, &plan.status, guard).await?;
     }
     // Right after the status write that records them: a pod request failing below cannot
     // lose the event of a state change already written.
@@ -97,6 +91,25 @@ pub async fn apply(
         Some(delay) => Action::requeue(delay.max(MIN_REQUEUE)),
         None => Action::await_change(),
     })
+}
+
+/// Writes `status` to `job`'s status subresource (server-side apply, the operator's field
+/// manager) and notes the write, so a pass on the version it superseded waits for the watch.
+pub async fn write_status(
+    job: &DataJob,
+    ctx: &Context,
+    status: &DataJobStatus,
+    guard: Guard,
+) -> Result<(), Error> {
+    let jobs = ctx.jobs_api(&job.namespace().unwrap_or_default());
+    let version = kube_util::apply_status(&jobs, job, status, guard)
+        .await
+        .map_err(|source| Error::WriteStatus {
+            job: object_key(job),
+            source,
+        })?;
+    ctx.wrote(job, version.as_deref());
+    Ok(())
 }
 
 /// Builds and creates the planned pods. A failure a retry may fix is also published as the

@@ -323,13 +323,7 @@ async fn show_stuck_teardown(
     let Some(next) = domain::stalled_deletion(&status, &message, now, generation) else {
         return Ok(None);
     };
-    let jobs = ctx.jobs_api(&job.namespace().unwrap_or_default());
-    kube_util::apply_status(&jobs, job, &next, kube_util::Guard::None)
-        .await
-        .map_err(|source| Error::WriteStatus {
-            job: object_key(job),
-            source,
-        })?;
+    apply::write_status(job, ctx, &next, kube_util::Guard::None).await?;
     warn!(job = %object_key(job), %message, "the teardown of a deleted job is stuck");
     Ok(Some(JobEvent {
         kind: EventKind::Warning,
