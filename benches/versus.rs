@@ -26,14 +26,14 @@ mod cli;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use datajob_operator::api::DataJob;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -93,6 +93,13 @@ async fn main() {
     let sizes = cli::sizes("300,1000");
     let runs: usize = cli::arg("--runs").map_or(3, |r| r.parse().expect("--runs takes a number"));
     let operator = cli::operator();
+    // `--only datajob` (or `job`) runs one side, for profiling; the ratios then read n/a.
+    let kinds = match cli::arg("--only").as_deref() {
+        None => vec![Kind::Job, Kind::DataJob],
+        Some("job") => vec![Kind::Job],
+        Some("datajob") => vec![Kind::DataJob],
+        Some(other) => panic!("--only takes job or datajob, not {other}"),
+    };
     let audit = AuditLog::from_env();
     assert!(
         audit.mark() > 0,
@@ -100,6 +107,7 @@ async fn main() {
     );
     let client = admin_client().await;
     install_crds(&client).await;
+    install_finalizer_policy(&client).await;
     let bench = Bench {
         client,
         audit,
@@ -109,7 +117,7 @@ async fn main() {
     let mut results: BTreeMap<(usize, Scenario, Kind), Vec<Measure>> = BTreeMap::new();
     for &size in &sizes {
         for run in 1..=runs {
-            for kind in [Kind::Job, Kind::DataJob] {
+            for &kind in &kinds {
                 eprintln!("N={size} run {run}/{runs}: {kind:?} stream and cancel storm");
                 let (stream, storm) = bench.stream_and_cancel(kind, size).await;
                 results
@@ -135,6 +143,44 @@ async fn main() {
         PathBuf::from,
     );
     write_csv(&results, &csv);
+}
+
+/// Installs the chart's teardown-finalizer admission policy (as `helm install` does on a
+/// cluster that serves MutatingAdmissionPolicy), rendered from the chart and applied.
+async fn install_finalizer_policy(client: &kube::Client) {
+    let version = client
+        .apiserver_version()
+        .await
+        .expect("the API server's version")
+        .git_version;
+    let rendered = support::helm::helm_ok(&[
+        "template",
+        "bench",
+        support::helm::CHART,
+        // What `helm install` finds on the bench's cluster (Kubernetes 1.37).
+        "--kube-version",
+        &version,
+        "--api-versions",
+        "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+        "--show-only",
+        "templates/finalizer-policy.yaml",
+    ]);
+    let mut apply = support::kubectl()
+        .args(["apply", "--server-side", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl apply");
+    std::io::Write::write_all(
+        apply.stdin.as_mut().expect("kubectl's stdin"),
+        rendered.as_bytes(),
+    )
+    .expect("write the policy to kubectl");
+    drop(apply.stdin.take());
+    let status = apply.wait().expect("wait for kubectl apply");
+    assert!(
+        status.success(),
+        "kubectl apply of the finalizer policy failed"
+    );
 }
 
 /// Writes the medians (one row per N, scenario and controller) as CSV for
@@ -422,6 +468,28 @@ impl Bench {
         }
     }
 
+    /// Deletes the scenario's namespace and waits until it is gone (the operator, if any, still
+    /// running to release the deleted DataJobs), so no scenario shares the control plane with
+    /// the previous one's garbage collection.
+    async fn clean_up(&self, namespace: TestNamespace) {
+        let name = namespace.name().to_string();
+        namespace.cleanup().await;
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let deadline = Instant::now() + PHASE_LIMIT;
+        while namespaces
+            .get_opt(&name)
+            .await
+            .unwrap_or_else(|e| panic!("cannot read namespace {name}: {e}"))
+            .is_some()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "namespace {name} is still there after {PHASE_LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     async fn stream_and_cancel(&self, kind: Kind, size: usize) -> (Measure, Measure) {
         let namespace = TestNamespace::new(&self.client, "versus").await;
         let ns = namespace.name().to_string();
@@ -456,11 +524,7 @@ impl Bench {
             .await;
         running_watch.abort();
         stopped_watch.abort();
-        namespace.cleanup().await;
-        // The operator releases the deleted DataJobs (their pods are gone) before it stops.
-        if operator.is_some() {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        }
+        self.clean_up(namespace).await;
         drop(operator);
         (stream, storm)
     }
@@ -508,10 +572,7 @@ impl Bench {
         // Stop the pods too, so the cluster is quiet for the next scenario.
         stop_all(kind, &jobs, &datajobs, &names).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
-        namespace.cleanup().await;
-        if operator.is_some() {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        }
+        self.clean_up(namespace).await;
         drop(operator);
         measure
     }
@@ -619,13 +680,16 @@ fn print_tables(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, runs:
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut breakdowns = Vec::new();
-    for ((size, scenario, kind), measures) in results {
-        if *kind != Kind::Job {
-            continue;
-        }
-        let Some(ours) = results.get(&(*size, *scenario, Kind::DataJob)) else {
-            continue;
-        };
+    let cells: BTreeSet<(usize, Scenario)> = results.keys().map(|&(n, s, _)| (n, s)).collect();
+    let empty = Vec::new();
+    for (size, scenario) in &cells {
+        // A side left out (`--only`) reads NaN.
+        let measures = results
+            .get(&(*size, *scenario, Kind::Job))
+            .unwrap_or(&empty);
+        let ours = results
+            .get(&(*size, *scenario, Kind::DataJob))
+            .unwrap_or(&empty);
         let j = row(measures, JOB_CONTROLLER, *size);
         let d = row(ours, OPERATOR, *size);
         println!(

@@ -22,6 +22,8 @@
 # --audit: the API server writes an audit log (STATE/audit.log: every write at Metadata level,
 # Lease writes with their response; hack/chaos.sh reads it); a cluster started with it keeps it
 # when `up` restarts a stopped API server.
+# DATAJOB_APISERVER_PROFILING=true serves the API server's /debug/pprof (for finding where its
+# CPU goes under a benchmark: kubectl get --raw '/debug/pprof/profile?seconds=20').
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 
@@ -323,7 +325,7 @@ cmd_up() {
     --service-account-key-file="$PKI/sa.pub" \
     --service-account-signing-key-file="$PKI/sa.key" \
     --allow-privileged=true \
-    --profiling=false \
+    --profiling="${DATAJOB_APISERVER_PROFILING:-false}" \
     --cert-dir="$STATE/certs/kube-apiserver"
   wait_until "kube-apiserver /readyz" 120 kube-apiserver kubectl_admin get --raw /readyz
 

@@ -43,6 +43,11 @@ const RBAC_SETTLE: Duration = Duration::from_secs(60);
 
 /// The chart rendered with `sets` (`key=value`), one YAML value per document.
 fn render(sets: &[&str]) -> Vec<serde_yaml::Value> {
+    render_with(&[], sets)
+}
+
+/// [`render`] with more `helm template` arguments (`extra`).
+fn render_with(extra: &[&str], sets: &[&str]) -> Vec<serde_yaml::Value> {
     let mut args = vec![
         "template",
         "rel",
@@ -52,6 +57,7 @@ fn render(sets: &[&str]) -> Vec<serde_yaml::Value> {
         "--kube-version",
         KUBE_VERSION,
     ];
+    args.extend(extra);
     for set in sets {
         args.extend(["--set", set]);
     }
@@ -573,6 +579,63 @@ fn helm_test_hook_probes_readyz_through_the_metrics_service() {
         render(&["metrics.service.enabled=false"])
             .iter()
             .all(|d| kind_of(d) != "Pod")
+    );
+}
+
+#[test]
+fn finalizer_policy_needs_the_api_and_is_scoped_like_the_operator() {
+    let policy_docs = |api: bool, sets: &[&str]| -> Vec<serde_yaml::Value> {
+        let extra: &[&str] = if api {
+            &[
+                "--api-versions",
+                "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+            ]
+        } else {
+            &[]
+        };
+        render_with(extra, sets)
+            .into_iter()
+            .filter(|d| kind_of(d).starts_with("MutatingAdmissionPolicy"))
+            .collect()
+    };
+    assert!(
+        policy_docs(false, &[]).is_empty(),
+        "no policy where the API is not served"
+    );
+    assert!(policy_docs(true, &["finalizerPolicy.enabled=false"]).is_empty());
+
+    let all = policy_docs(true, &[]);
+    let kinds: Vec<&str> = all.iter().map(kind_of).collect();
+    assert_eq!(
+        kinds,
+        ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
+    );
+    let policy = &all[0]["spec"];
+    assert_eq!(policy["failurePolicy"].as_str(), Some("Ignore"));
+    assert_eq!(
+        policy["matchConstraints"]["resourceRules"][0]["operations"][0].as_str(),
+        Some("CREATE")
+    );
+    assert!(
+        policy["mutations"][0]["applyConfiguration"]["expression"]
+            .as_str()
+            .is_some_and(|e| e.contains("\"datajob.dev/teardown\"")),
+        "{policy:?}"
+    );
+    assert!(
+        policy.get("matchConditions").is_none() && all[1]["spec"].get("matchResources").is_none()
+    );
+
+    let scoped = policy_docs(true, &["watchNamespace=team-a", "dataPlane=dp-1"]);
+    assert_eq!(
+        scoped[0]["spec"]["matchConditions"][0]["expression"].as_str(),
+        Some("has(object.spec.dataPlane) && object.spec.dataPlane == 'dp-1'")
+    );
+    assert_eq!(
+        scoped[1]["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]
+            ["kubernetes.io/metadata.name"]
+            .as_str(),
+        Some("team-a")
     );
 }
 
@@ -1181,6 +1244,10 @@ async fn helm_install_grants_least_privilege_on_a_real_cluster() {
         // chart's CRD templates.
         "--set",
         "crds.enabled=false",
+        // The test's DataJob is deleted with no operator running (kwok does not run the
+        // operator's pod): it must not get the teardown finalizer from the release's policy.
+        "--set",
+        "finalizerPolicy.enabled=false",
         "--set",
         &format!("rbac.aggregatedRoles.viewName={view_role}"),
         "--set",
@@ -1504,6 +1571,18 @@ fn next_chart_version(version: &str) -> PathBuf {
 }
 
 /// Whether the served DataJob CRD has the field the next chart version adds.
+/// Whether the MutatingAdmissionPolicy `name` and its binding exist.
+fn finalizer_policy(name: &str) -> [bool; 2] {
+    ["mutatingadmissionpolicy", "mutatingadmissionpolicybinding"].map(|kind| {
+        let out = support::kubectl()
+            .args(["get", kind, name, "--ignore-not-found", "-o", "name"])
+            .output()
+            .expect("run kubectl");
+        assert!(out.status.success(), "kubectl get {kind} {name}: {out:?}");
+        !out.stdout.is_empty()
+    })
+}
+
 async fn crd_has_priority(client: &Client) -> bool {
     let crd = Api::<CustomResourceDefinition>::all(client.clone())
         .get("datajobs.datajob.dev")
@@ -1634,8 +1713,12 @@ async fn helm_install_upgrade_with_a_crd_change_rollback_test_and_uninstall() {
     // kwok simulates pods: this annotation makes its stage end the test pod with exit code 0.
     let test_pod_exits =
         |code: u8| format!("tests.podAnnotations.sim\\.datajob\\.dev/exit-code={code}");
+    // The release's finalizer admission policy is scoped to a data plane no other test uses:
+    // kwok does not run the operator's pod, so no DataJob of another test may get a finalizer
+    // only this release would remove.
     let common_sets = [
         "rbac.aggregatedRoles.create=false".to_string(),
+        "dataPlane=helm-lifecycle".to_string(),
         test_pod_exits(0),
     ];
     let with_sets = |mut args: Vec<String>, extra: &[String]| {
@@ -1682,6 +1765,13 @@ async fn helm_install_upgrade_with_a_crd_change_rollback_test_and_uninstall() {
     );
     let image = operator_image(&deployments.get(&fullname).await.expect("deployment"));
     assert_eq!(image, "ghcr.io/datajob-dev/datajob-operator:0.1.0");
+    // The cluster serves MutatingAdmissionPolicy: the teardown-finalizer policy came too.
+    let policy = format!("{fullname}-teardown-finalizer");
+    assert_eq!(
+        finalizer_policy(&policy),
+        [true, true],
+        "policy and binding {policy}"
+    );
 
     // helm test: the hook pod runs to completion (on kwok: simulated; see docs/helm.md).
     let mut test = ns_args("test", None);
@@ -1732,6 +1822,13 @@ async fn helm_install_upgrade_with_a_crd_change_rollback_test_and_uninstall() {
     );
     let image = operator_image(&deployments.get(&fullname).await.expect("deployment"));
     assert_eq!(image, "ghcr.io/datajob-dev/datajob-operator:0.1.0");
+    // The cluster serves MutatingAdmissionPolicy: the teardown-finalizer policy came too.
+    let policy = format!("{fullname}-teardown-finalizer");
+    assert_eq!(
+        finalizer_policy(&policy),
+        [true, true],
+        "policy and binding {policy}"
+    );
 
     // 4: a test pod that fails makes `helm test` fail.
     let mut failing = with_sets(ns_args("upgrade", Some(CHART)), &[test_pod_exits(1)]);
@@ -1764,6 +1861,11 @@ async fn helm_install_upgrade_with_a_crd_change_rollback_test_and_uninstall() {
             .await
             .unwrap_or_else(|e| panic!("CRD {name} must be kept on uninstall: {e}"));
     }
+    assert_eq!(
+        finalizer_policy(&policy),
+        [false, false],
+        "policy and binding go"
+    );
     // Give the CRDs back to the test suite.
     adopt_crds(&release, &namespace, false);
 }

@@ -16,6 +16,7 @@
 
 pub mod caches;
 pub mod datajob;
+pub mod events;
 pub mod index;
 pub mod kube_util;
 pub mod pool;

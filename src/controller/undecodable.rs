@@ -19,7 +19,6 @@ use kube::api::{
 };
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde_json::json;
@@ -30,6 +29,7 @@ use crate::domain::Reason;
 use crate::executor::{self, RESULT_FINALIZER, result::clean};
 
 use super::FINALIZER;
+use super::events::{Note, Publisher, Severity};
 use super::result_finalizer::release;
 
 /// How often a deleted undecodable job's teardown is looked at.
@@ -110,17 +110,11 @@ pub async fn run(
     instance: Option<String>,
     reports: UnboundedReceiver<Undecodable>,
 ) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: crate::OPERATOR_NAME.to_string(),
-            instance,
-        },
-    );
+    let publisher = Publisher::new(client.clone(), crate::OPERATOR_NAME, instance.as_deref());
     let state = Arc::new(State::default());
     reports
         .for_each(|report| {
-            let (client, recorder, state) = (client.clone(), recorder.clone(), state.clone());
+            let (client, publisher, state) = (client.clone(), publisher.clone(), state.clone());
             async move {
                 let meta = report.object.metadata.clone();
                 if meta.deletion_timestamp.is_some() {
@@ -133,7 +127,7 @@ pub async fn run(
                     return;
                 }
                 if state.first_report(&meta) {
-                    report_stalled(&client, &recorder, &report).await;
+                    report_stalled(&client, &publisher, &report).await;
                 }
             }
         })
@@ -192,7 +186,7 @@ fn key(meta: &ObjectMeta) -> String {
 }
 
 /// A Warning event and `Stalled=True`/`Ready=False` with reason `InvalidSpec`.
-async fn report_stalled(client: &Client, recorder: &Recorder, report: &Undecodable) {
+async fn report_stalled(client: &Client, publisher: &Publisher, report: &Undecodable) {
     let meta = &report.object.metadata;
     let kind = &report.resource.kind;
     let message = format!(
@@ -209,14 +203,13 @@ async fn report_stalled(client: &Client, recorder: &Recorder, report: &Undecodab
         resource_version: meta.resource_version.clone(),
         ..ObjectReference::default()
     };
-    let event = Event {
-        type_: EventType::Warning,
-        reason: Reason::InvalidSpec.as_str().to_string(),
-        note: Some(message.chars().take(1000).collect()),
-        action: "Decode".to_string(),
-        secondary: None,
+    let note = Note {
+        severity: Severity::Warning,
+        reason: Reason::InvalidSpec.as_str(),
+        action: "Decode",
+        message: &message,
     };
-    if let Err(error) = recorder.publish(&event, &reference).await {
+    if let Err(error) = publisher.publish(&reference, &note).await {
         warn!(object = %key(meta), %error, "failed to publish the InvalidSpec event");
     }
     let now = Time(jiff::Timestamp::now());

@@ -417,9 +417,31 @@ async fn install_on_real_node(real: &RealNode) -> Installed {
         .env("EXECUTOR_WORK_SECONDS", "1")
         .env("EXECUTOR_SNAPSHOT_ID", &SNAPSHOT_ID.to_string())
         .build();
-    create(&client, &namespace, manifest.clone()).await;
+    // The chart's MutatingAdmissionPolicy (scoped to watchNamespace) gave the job its teardown
+    // finalizer as the API server admitted it.
+    let created = create(&client, &namespace, manifest.clone()).await;
+    assert!(
+        created
+            .finalizers()
+            .iter()
+            .any(|f| f == "datajob.dev/teardown"),
+        "the chart's admission policy adds the finalizer on create: {:?}",
+        created.finalizers()
+    );
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), &namespace);
     let done = wait_state(&jobs, "via-helm", JobState::Completed).await;
+    // So the operator never patched the job's metadata: its only write is the status apply.
+    let operator_writes: Vec<String> = done
+        .managed_fields()
+        .iter()
+        .filter(|m| m.manager.as_deref() == Some("datajob-operator"))
+        .map(|m| format!("{:?} {:?}", m.operation, m.subresource))
+        .collect();
+    assert_eq!(
+        operator_writes,
+        [r#"Some("Apply") Some("status")"#],
+        "the operator's writes to the job"
+    );
     assert_eq!(
         done.status
             .and_then(|s| s.result)

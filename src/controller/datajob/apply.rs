@@ -9,7 +9,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -18,6 +17,7 @@ use super::context::Context;
 use super::error::Error;
 use crate::OPERATOR_NAME;
 use crate::api::{ComputePool, DataJob, DataJobStatus, JobState};
+use crate::controller::events::{Note, Publisher, Severity};
 use crate::controller::kube_util::{self, Guard, invalid_message, is_not_found, object_key};
 use crate::controller::result_finalizer;
 use crate::domain::{self, EventKind, JobEvent, Plan};
@@ -60,7 +60,7 @@ pub async fn apply(
     }
     // Right after the status write that records them: a pod request failing below cannot
     // lose the event of a state change already written.
-    publish_events(&ctx.recorder, job, &plan.events).await;
+    publish_events(&ctx.events, job, &plan.events);
     let pods = ctx.pods_api(&namespace);
     delete_pods(&pods, &namespace, &plan.delete).await?;
     for name in &plan.delete {
@@ -141,7 +141,7 @@ async fn create_executor(
             // A refusal that may pass (a quota) is shown on the job until its start timeout.
             ctx.set_create_refusal(&uid, kube_util::refusal(source));
             let event = domain::executor_create_failed(error.to_string());
-            publish_events(&ctx.recorder, job, &[event]).await;
+            publish_events(&ctx.events, job, &[event]);
         }
         _ => {}
     }
@@ -363,39 +363,20 @@ async fn delete_job(jobs: &Api<DataJob>, job: &DataJob) -> Result<(), Error> {
     }
 }
 
-/// Publishes events on the job; a failure to publish is logged, never fatal.
-pub(super) async fn publish_events(recorder: &Recorder, job: &DataJob, events: &[JobEvent]) {
-    let reference = job.object_ref(&());
-    for event in events {
-        let published = recorder
-            .publish(
-                &Event {
-                    type_: match event.kind {
-                        EventKind::Normal => EventType::Normal,
-                        EventKind::Warning => EventType::Warning,
-                    },
-                    reason: event.reason.as_str().to_string(),
-                    note: Some(truncate_note(&event.message)),
-                    action: "Reconcile".to_string(),
-                    secondary: None,
-                },
-                &reference,
-            )
-            .await;
-        if let Err(error) = published {
-            warn!(job = %object_key(job), reason = event.reason.as_str(), %error, "failed to publish event");
-        }
-    }
-}
-
-/// Event notes are limited to 1 kB.
-fn truncate_note(message: &str) -> String {
-    if message.len() <= 1000 {
-        return message.to_string();
-    }
-    let mut end = 1000;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &message[..end])
+/// Publishes events on the job in the background (in order, timed now); a failure to publish
+/// is logged, never fatal.
+pub(super) fn publish_events(publisher: &Publisher, job: &DataJob, events: &[JobEvent]) {
+    let notes: Vec<Note> = events
+        .iter()
+        .map(|event| Note {
+            severity: match event.kind {
+                EventKind::Normal => Severity::Normal,
+                EventKind::Warning => Severity::Warning,
+            },
+            reason: event.reason.as_str(),
+            action: "Reconcile",
+            message: &event.message,
+        })
+        .collect();
+    publisher.emit(&job.object_ref(&()), &notes);
 }

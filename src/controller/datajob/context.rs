@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
 use crate::api::{ComputePool, DataJob};
+use crate::controller::events::Publisher;
 use crate::controller::index::JobIndex;
 use crate::domain::{Cause, admission};
 use crate::executor::ExecutorDefaults;
@@ -94,7 +94,7 @@ pub struct Context {
     pub(super) config: Config,
     pub(super) defaults: ExecutorDefaults,
     pub(super) stores: Stores,
-    pub(super) recorder: Recorder,
+    pub(super) events: Publisher,
     pub(super) metrics: Arc<Metrics>,
     /// uids of jobs admitted into a limited pool whose admission the cache may not show yet,
     /// by pool.
@@ -133,13 +133,13 @@ impl Context {
         metrics: Arc<Metrics>,
         stores: Stores,
     ) -> (Self, UnboundedReceiver<ObjectRef<DataJob>>) {
-        let reporter = Reporter {
-            controller: crate::OPERATOR_NAME.to_string(),
-            instance: config.instance.clone(),
-        };
         let (wake_jobs, wakeups) = mpsc::unbounded();
         let context = Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Publisher::new(
+                client.clone(),
+                crate::OPERATOR_NAME,
+                config.instance.as_deref(),
+            ),
             client,
             defaults: ExecutorDefaults {
                 image: config.executor_image.clone(),

@@ -132,7 +132,7 @@ pub async fn reconcile(job: Arc<DataJob>, ctx: Arc<Context>) -> Result<Action, E
                 reason: Reason::ReconcilePanicked,
                 message: format!("{error}; retrying with back-off"),
             };
-            apply::publish_events(&ctx.recorder, &job, &[event]).await;
+            apply::publish_events(&ctx.events, &job, &[event]);
             Err(error)
         }
     };
@@ -302,7 +302,7 @@ async fn wait_for_teardown(job: &DataJob, ctx: &Context) -> Result<Option<Action
             if let Some(message) = stuck {
                 events.extend(show_stuck_teardown(job, ctx, message, now).await?);
             }
-            apply::publish_events(&ctx.recorder, job, &events).await;
+            apply::publish_events(&ctx.events, job, &events);
             info!(job = %object_key(job), remaining, "teardown in progress; waiting for executor pods to terminate");
             Ok(Some(Action::requeue(poll)))
         }
