@@ -455,8 +455,9 @@ impl Bench {
             args: ["--namespace", namespace, "--concurrency", "32"]
                 .map(String::from)
                 .to_vec(),
-            rust_log: "warn".to_string(),
-            log_name: None,
+            // DATAJOB_BENCH_LOG=<filter> keeps the operator's log (target/tmp/e2e-logs).
+            rust_log: std::env::var("DATAJOB_BENCH_LOG").unwrap_or_else(|_| "warn".to_string()),
+            log_name: std::env::var_os("DATAJOB_BENCH_LOG").map(|_| namespace.to_string()),
         })
     }
 
@@ -715,11 +716,14 @@ fn print_tables(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, runs:
             d.rss_mib,
         );
         // The first run's writes by verb and resource.
-        if let (Some(job_run), Some(our_run)) = (measures.first(), ours.first()) {
-            let mut lines = job_run.writes.breakdown(&[JOB_CONTROLLER], *size);
-            lines.extend(our_run.writes.breakdown(&[OPERATOR], *size));
-            breakdowns.push((*size, scenario.name(), lines));
+        let mut lines = Vec::new();
+        if let Some(job_run) = measures.first() {
+            lines.extend(job_run.writes.breakdown(&[JOB_CONTROLLER], *size));
         }
+        if let Some(our_run) = ours.first() {
+            lines.extend(our_run.writes.breakdown(&[OPERATOR], *size));
+        }
+        breakdowns.push((*size, scenario.name(), lines));
     }
     println!();
     println!("Controller writes per object by verb and resource (first run):");

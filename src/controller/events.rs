@@ -16,7 +16,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Whether an event reports something normal or something a user should look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +78,9 @@ impl Publisher {
             return;
         }
         let events: Vec<Event> = notes.iter().map(|n| self.event(regarding, n)).collect();
+        for note in notes {
+            debug!(object = ?regarding.name, reason = note.reason, "event");
+        }
         let publisher = self.clone();
         tokio::spawn(async move {
             for event in events {

@@ -1,7 +1,8 @@
 //! A teardown that does not end. An executor pod deleted gracefully is gone once its kubelet
 //! confirms that its containers stopped; on a lost node nobody confirms, and the pod stays
 //! `Terminating` for ever. A pod still there [`STUCK_MARGIN_SECONDS`] after its deletion
-//! deadline (deletion time plus grace period) is stuck: the job shows it (`Stalled=True`,
+//! deadline (deletion time plus grace period), or [`READY_NODE_PATIENCE_SECONDS`] when its node
+//! is Ready, is stuck: the job shows it (`Stalled=True`,
 //! reason `TeardownStuck`, naming pod and node). When the pod's node is lost (the Node is gone,
 //! tainted `node.kubernetes.io/out-of-service`, or not Ready for [`NODE_LOST_AFTER_SECONDS`]),
 //! the pod is force-deleted (grace period 0), as the pod garbage collector would for an
@@ -17,8 +18,13 @@ use jiff::Timestamp;
 use super::clock;
 use super::model::{NodeView, ObservedPod};
 
-/// Seconds past its deletion deadline after which a terminating pod counts as stuck.
+/// Seconds past its deletion deadline after which a terminating pod counts as stuck, unless its
+/// node is known to be Ready.
 pub const STUCK_MARGIN_SECONDS: i64 = 30;
+/// Seconds past its deletion deadline after which a terminating pod on a Ready node counts as
+/// stuck: a live kubelet working through a backlog of deletions (thousands of jobs cancelled at
+/// once) is slow, not stuck, and gets the patience of Kubernetes' default eviction timeout.
+pub const READY_NODE_PATIENCE_SECONDS: i64 = 300;
 /// Seconds a node may be not Ready before its stuck pods are force-deleted.
 pub const NODE_LOST_AFTER_SECONDS: i64 = 300;
 /// How often a stuck teardown is looked at (its node is read again).
@@ -38,7 +44,8 @@ pub struct Judgement {
     pub next_look: Option<Duration>,
 }
 
-/// The pods being deleted that are still there [`STUCK_MARGIN_SECONDS`] past their deadline.
+/// The pods being deleted that are still there [`STUCK_MARGIN_SECONDS`] past their deadline:
+/// those that may be stuck, whose nodes [`judge`] needs to know.
 pub fn stuck(pods: &[ObservedPod], now: Timestamp) -> Vec<&ObservedPod> {
     pods.iter()
         .filter(|p| p.terminating)
@@ -67,11 +74,23 @@ pub fn judge(
     };
     for pod in &stuck {
         let node = pod.node.as_deref().unwrap_or("(none)");
+        let deadline = pod.deletion_deadline.unwrap_or(now);
+        let margin = match nodes.get(node) {
+            Some(NodeView::Present {
+                not_ready_since: None,
+                out_of_service: false,
+            }) => READY_NODE_PATIENCE_SECONDS,
+            _ => STUCK_MARGIN_SECONDS,
+        };
+        if clock::after(deadline, margin) > now {
+            // A Ready node's kubelet may still be working through its deletions.
+            judgement.next_look = Some(STUCK_POLL);
+            continue;
+        }
         // No running count in the text: an unchanged teardown shows an unchanged message, so
         // the passes that watch it write nothing new.
-        let deadline = pod.deletion_deadline.unwrap_or(now);
         judgement.stuck.push(format!(
-            "executor pod {} on node {node} is still terminating over {STUCK_MARGIN_SECONDS} s after its grace period ended ({deadline})",
+            "executor pod {} on node {node} is still terminating over {margin} s after its grace period ended ({deadline})",
             pod.name
         ));
         let lost = pod
@@ -83,7 +102,7 @@ pub fn judge(
             judgement.force_delete.push((pod.name.clone(), why));
         }
     }
-    if !stuck.is_empty() {
+    if !judgement.stuck.is_empty() {
         judgement.next_look = Some(STUCK_POLL);
     }
     judgement
@@ -141,19 +160,42 @@ mod tests {
     }
 
     #[test]
-    fn a_stuck_pod_on_a_ready_node_is_shown_but_not_force_deleted() {
+    fn a_pod_on_a_ready_node_gets_patience_then_is_shown_stuck_but_not_force_deleted() {
         let pods = [terminating("p", 0, "n")];
         let nodes = BTreeMap::from([("n".to_string(), ready())]);
-        let judged = judge(&pods, &nodes, at(45));
+        let slow = judge(&pods, &nodes, at(299));
+        assert!(
+            slow.stuck.is_empty() && slow.force_delete.is_empty(),
+            "{slow:?}"
+        );
+        assert_eq!(slow.next_look, Some(STUCK_POLL), "its node is read again");
+        let judged = judge(&pods, &nodes, at(300));
         assert_eq!(
             judged.stuck,
             [format!(
-                "executor pod p on node n is still terminating over 30 s after its grace period ended ({})",
+                "executor pod p on node n is still terminating over 300 s after its grace period ended ({})",
                 at(0)
             )]
         );
         assert!(judged.force_delete.is_empty());
         assert_eq!(judged.next_look, Some(STUCK_POLL));
+    }
+
+    #[test]
+    fn a_pod_on_a_node_not_ready_or_unknown_is_stuck_after_the_margin() {
+        let pods = [terminating("p", 0, "n")];
+        let not_ready = NodeView::Present {
+            not_ready_since: Some(at(-10)),
+            out_of_service: false,
+        };
+        for nodes in [
+            BTreeMap::new(),
+            BTreeMap::from([("n".to_string(), not_ready)]),
+        ] {
+            let judged = judge(&pods, &nodes, at(30));
+            assert_eq!(judged.stuck.len(), 1, "{nodes:?}");
+            assert!(judged.stuck[0].contains("over 30 s"), "{:?}", judged.stuck);
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use kube::{Client, ResourceExt};
 use crate::api::{ComputePool, DataJob};
 use crate::controller::events::Publisher;
 use crate::controller::index::JobIndex;
-use crate::domain::{Cause, admission};
+use crate::domain::{Cause, NodeView, admission};
 use crate::executor::ExecutorDefaults;
 use crate::telemetry::Metrics;
 
@@ -122,8 +122,14 @@ pub struct Context {
     deleted: Table<HashMap<String, Instant>>,
     /// Executor pods whose result finalizer this instance removed while the cache still shows it.
     released: Table<HashMap<String, Instant>>,
+    /// Nodes of stuck-looking pods as last read, with when: many jobs torn down at once on one
+    /// node read it once per [`NODE_READ_TTL`], not once per job and pass.
+    nodes: Table<HashMap<String, (Instant, NodeView)>>,
     wake_jobs: UnboundedSender<ObjectRef<DataJob>>,
 }
+
+/// How long a node read for a teardown judgement is reused.
+const NODE_READ_TTL: Duration = Duration::from_secs(5);
 
 impl Context {
     /// The context, and the stream of reconcile requests it raises (jobs a freed slot admits).
@@ -157,9 +163,24 @@ impl Context {
             created: Table::new(),
             deleted: Table::new(),
             released: Table::new(),
+            nodes: Table::new(),
             wake_jobs,
         };
         (context, wakeups)
+    }
+
+    /// A node's view read less than [`NODE_READ_TTL`] ago.
+    pub(super) fn recent_node(&self, name: &str) -> Option<NodeView> {
+        self.nodes.with(|nodes| {
+            nodes.retain(|_, (at, _)| at.elapsed() < NODE_READ_TTL);
+            nodes.get(name).map(|(_, view)| view.clone())
+        })
+    }
+
+    /// Notes a node's view as just read.
+    pub(super) fn node_read(&self, name: &str, view: &NodeView) {
+        self.nodes
+            .with(|nodes| nodes.insert(name.to_string(), (Instant::now(), view.clone())));
     }
 
     pub(super) fn jobs_api(&self, namespace: &str) -> Api<DataJob> {

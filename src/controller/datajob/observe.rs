@@ -201,9 +201,15 @@ pub async fn stuck_nodes(
         if nodes.contains_key(&name) {
             continue;
         }
+        if let Some(view) = ctx.recent_node(&name) {
+            nodes.insert(name, view);
+            continue;
+        }
         match api.get_opt(&name).await {
             Ok(node) => {
-                nodes.insert(name, node.map_or(NodeView::Gone, |n| node_view(&n)));
+                let view = node.map_or(NodeView::Gone, |n| node_view(&n));
+                ctx.node_read(&name, &view);
+                nodes.insert(name, view);
             }
             Err(error) => {
                 warn!(node = %name, %error, "cannot read the node of a stuck executor pod")
