@@ -12,7 +12,8 @@
 //! [`caches`] run from start-up (readiness), [`datajob`] reconciles DataJobs, [`pool`] writes
 //! ComputePool status (only in an instance that watches every namespace, since a namespaced
 //! one cannot see a whole pool), [`result_finalizer`] removes the driver pods' result finalizer
-//! (and releases orphaned pods), and [`kube_util`] holds what both need from the API server.
+//! (and releases orphaned pods), [`events`] publishes Kubernetes Events (keeping none), and
+//! [`kube_util`] holds what both need from the API server.
 
 pub mod caches;
 pub mod datajob;
