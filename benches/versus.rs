@@ -476,19 +476,7 @@ impl Bench {
         let name = namespace.name().to_string();
         namespace.cleanup().await;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let deadline = Instant::now() + PHASE_LIMIT;
-        while namespaces
-            .get_opt(&name)
-            .await
-            .unwrap_or_else(|e| panic!("cannot read namespace {name}: {e}"))
-            .is_some()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "namespace {name} is still there after {PHASE_LIMIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        support::watch::wait_deleted(&namespaces, &name, PHASE_LIMIT).await;
     }
 
     async fn stream_and_cancel(&self, kind: Kind, size: usize) -> (Measure, Measure) {

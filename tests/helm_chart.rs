@@ -1798,22 +1798,20 @@ async fn helm_install_upgrade_with_a_crd_change_rollback_test_and_uninstall() {
     assert_eq!(image, "ghcr.io/datajob-dev/datajob-operator:0.1.1-test");
     // The new field is served: kubectl explain knows it, once the API server has published
     // the CRD's new OpenAPI schema (it does so a moment after the CRD changed).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let explain = support::kubectl()
-            .args(["explain", "datajob.spec.priority"])
-            .output()
-            .expect("kubectl explain");
-        if String::from_utf8_lossy(&explain.stdout).contains("Added by the next chart version") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kubectl explain does not know the upgraded CRD's field: {}",
-            String::from_utf8_lossy(&explain.stderr)
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    support::watch::eventually(
+        "kubectl explain to know the upgraded CRD's field",
+        Duration::from_secs(60),
+        async || {
+            let explain = support::kubectl()
+                .args(["explain", "datajob.spec.priority"])
+                .output()
+                .expect("kubectl explain");
+            String::from_utf8_lossy(&explain.stdout)
+                .contains("Added by the next chart version")
+                .then_some(())
+        },
+    )
+    .await;
 
     // 3: rollback to revision 1: the CRD and the Deployment are back.
     let mut rollback = ns_args("rollback", None);

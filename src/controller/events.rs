@@ -18,17 +18,12 @@ use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tracing::{debug, warn};
 
-/// Whether an event reports something normal or something a user should look at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Severity {
-    Normal,
-    Warning,
-}
+use crate::domain::EventKind;
 
 /// One event to publish about an object.
 #[derive(Clone, Debug)]
 pub struct Note<'a> {
-    pub severity: Severity,
+    pub kind: EventKind,
     /// A CamelCase reason.
     pub reason: &'a str,
     /// What the operator did (`Reconcile`, `Decode`).
@@ -111,9 +106,9 @@ impl Publisher {
             reason: Some(note.reason.to_string()),
             note: Some(truncate(note.message)),
             type_: Some(
-                match note.severity {
-                    Severity::Normal => "Normal",
-                    Severity::Warning => "Warning",
+                match note.kind {
+                    EventKind::Normal => "Normal",
+                    EventKind::Warning => "Warning",
                 }
                 .to_string(),
             ),

@@ -25,11 +25,11 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::api::{ComputePool, DataJob};
-use crate::domain::Reason;
+use crate::domain::{EventKind, Reason};
 use crate::executor::{self, RESULT_FINALIZER, result::clean};
 
 use super::FINALIZER;
-use super::events::{Note, Publisher, Severity};
+use super::events::{Note, Publisher};
 use super::result_finalizer::release;
 
 /// How often a deleted undecodable job's teardown is looked at.
@@ -204,7 +204,7 @@ async fn report_stalled(client: &Client, publisher: &Publisher, report: &Undecod
         ..ObjectReference::default()
     };
     let note = Note {
-        severity: Severity::Warning,
+        kind: EventKind::Warning,
         reason: Reason::InvalidSpec.as_str(),
         action: "Decode",
         message: &message,

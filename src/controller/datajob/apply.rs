@@ -17,10 +17,10 @@ use super::context::Context;
 use super::error::Error;
 use crate::OPERATOR_NAME;
 use crate::api::{ComputePool, DataJob, DataJobStatus, JobState};
-use crate::controller::events::{Note, Publisher, Severity};
+use crate::controller::events::{Note, Publisher};
 use crate::controller::kube_util::{self, Guard, invalid_message, is_not_found, object_key};
 use crate::controller::result_finalizer;
-use crate::domain::{self, EventKind, JobEvent, Plan};
+use crate::domain::{self, JobEvent, Plan};
 use crate::executor::{ExecutorTemplate, LABEL_JOB_UID, RESULT_FINALIZER};
 
 /// When to look again after the API server rejected an executor pod: the next pass observes
@@ -369,10 +369,7 @@ pub(super) fn publish_events(publisher: &Publisher, job: &DataJob, events: &[Job
     let notes: Vec<Note> = events
         .iter()
         .map(|event| Note {
-            severity: match event.kind {
-                EventKind::Normal => Severity::Normal,
-                EventKind::Warning => Severity::Warning,
-            },
+            kind: event.kind,
             reason: event.reason.as_str(),
             action: "Reconcile",
             message: &event.message,
