@@ -7,7 +7,12 @@
 //! - cancel storm: the N objects of the stream are stopped at once (Job `suspend`, DataJob
 //!   `cancel`); time until no pod is left (Job) / every DataJob is `cancelled`;
 //! - backlog: N objects exist before the controller has work (Jobs created suspended and then
-//!   resumed at once; DataJobs created while the operator is stopped, which then starts).
+//!   resumed at once; DataJobs created while the operator is stopped, which then starts);
+//! - complete: then the backlog's pods all exit 0 (kwok's `sim.datajob.dev/exit-code`); time
+//!   until every Job is `Complete` / every DataJob `completed`. Its writes plus the backlog's
+//!   are the lifecycle create -> running -> completed;
+//! - dedicated start and stop: 20 jobs of 33 pods each (`--dedicated 20x32`; see
+//!   [`dedicated`]).
 //!
 //! For each: the controller's API writes per object by verb and resource (from the API
 //! server's audit log, `hack/cluster.sh --audit`: user agent `datajob-operator/...` against
@@ -15,7 +20,8 @@
 //! operator's process; for Jobs the whole kube-controller-manager), the operator's peak RSS,
 //! and the ratio DataJob/Job. Medians over `--runs` runs.
 //!
-//! Run with `hack/bench.sh --side-by-side [--sizes 300,1000] [--runs 3]`.
+//! Run with `hack/bench.sh --side-by-side [--sizes 300,1000] [--runs 3] [--dedicated 20x32]`;
+//! `--sizes 0` runs only the dedicated scenario, `--dedicated 0` leaves it out.
 
 // Shared with benches/scale.rs, which uses all of it.
 #[allow(dead_code)]
@@ -23,6 +29,8 @@
 mod audit;
 #[path = "scale/cli.rs"]
 mod cli;
+#[path = "versus/dedicated.rs"]
+mod dedicated;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -63,6 +71,11 @@ enum Scenario {
     Stream,
     CancelStorm,
     Backlog,
+    /// The backlog's objects, all running, finish: every pod exits 0.
+    Complete,
+    /// Dedicated jobs of many pods: N is the count of jobs ([`dedicated`]).
+    DedicatedStart,
+    DedicatedStop,
 }
 
 impl Scenario {
@@ -71,6 +84,9 @@ impl Scenario {
             Scenario::Stream => "stream",
             Scenario::CancelStorm => "cancel storm",
             Scenario::Backlog => "backlog",
+            Scenario::Complete => "complete",
+            Scenario::DedicatedStart => "dedicated start",
+            Scenario::DedicatedStop => "dedicated stop",
         }
     }
 }
@@ -90,7 +106,8 @@ struct Measure {
 
 #[tokio::main]
 async fn main() {
-    let sizes = cli::sizes("300,1000");
+    let mut sizes = cli::sizes("300,1000");
+    sizes.retain(|&n| n > 0);
     let runs: usize = cli::arg("--runs").map_or(3, |r| r.parse().expect("--runs takes a number"));
     let operator = cli::operator();
     // `--only datajob` (or `job`) runs one side, for profiling; the ratios then read n/a.
@@ -128,12 +145,36 @@ async fn main() {
                     .entry((size, Scenario::CancelStorm, kind))
                     .or_default()
                     .push(storm);
-                eprintln!("N={size} run {run}/{runs}: {kind:?} backlog");
-                let backlog = bench.backlog(kind, size).await;
+                eprintln!("N={size} run {run}/{runs}: {kind:?} backlog and complete");
+                let (backlog, complete) = bench.backlog_and_complete(kind, size).await;
                 results
                     .entry((size, Scenario::Backlog, kind))
                     .or_default()
                     .push(backlog);
+                results
+                    .entry((size, Scenario::Complete, kind))
+                    .or_default()
+                    .push(complete);
+            }
+        }
+    }
+    if let Some(shape) = dedicated::Shape::from_args() {
+        for run in 1..=runs {
+            for &kind in &kinds {
+                eprintln!(
+                    "dedicated {}x{} run {run}/{runs}: {kind:?}",
+                    shape.jobs, shape.workers
+                );
+                let (start, stop) = bench.dedicated(kind, shape).await;
+                for (scenario, measure) in [
+                    (Scenario::DedicatedStart, start),
+                    (Scenario::DedicatedStop, stop),
+                ] {
+                    results
+                        .entry((shape.jobs, scenario, kind))
+                        .or_default()
+                        .push(measure);
+                }
             }
         }
     }
@@ -153,34 +194,8 @@ async fn install_finalizer_policy(client: &kube::Client) {
         .await
         .expect("the API server's version")
         .git_version;
-    let rendered = support::helm::helm_ok(&[
-        "template",
-        "bench",
-        support::helm::CHART,
-        // What `helm install` finds on the bench's cluster (Kubernetes 1.37).
-        "--kube-version",
-        &version,
-        "--api-versions",
-        "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
-        "--show-only",
-        "templates/finalizer-policy.yaml",
-    ]);
-    let mut apply = support::kubectl()
-        .args(["apply", "--server-side", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("run kubectl apply");
-    std::io::Write::write_all(
-        apply.stdin.as_mut().expect("kubectl's stdin"),
-        rendered.as_bytes(),
-    )
-    .expect("write the policy to kubectl");
-    drop(apply.stdin.take());
-    let status = apply.wait().expect("wait for kubectl apply");
-    assert!(
-        status.success(),
-        "kubectl apply of the finalizer policy failed"
-    );
+    let rendered = support::helm::finalizer_policy("bench", &version, &[]);
+    support::helm::kubectl_with_input(&["apply", "--server-side", "-f", "-"], &rendered);
 }
 
 /// Writes the medians (one row per N, scenario and controller) as CSV for
@@ -276,7 +291,6 @@ fn job_manifest(name: &str, suspend: bool) -> Job {
 fn datajob_manifest(name: &str) -> DataJob {
     datajob(name)
         .nql("SELECT 1")
-        .dataset_id(Some(1))
         .stats_enabled(false)
         .data_plane("dp-bench")
         .grace_period(1)
@@ -389,6 +403,16 @@ fn job_running(job: &Job) -> bool {
         .as_ref()
         .and_then(|s| s.ready)
         .is_some_and(|r| r >= 1)
+}
+
+fn job_complete(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+        })
 }
 
 fn datajob_in(state: &'static str) -> impl Fn(&DataJob) -> bool {
@@ -518,7 +542,7 @@ impl Bench {
         (stream, storm)
     }
 
-    async fn backlog(&self, kind: Kind, size: usize) -> Measure {
+    async fn backlog_and_complete(&self, kind: Kind, size: usize) -> (Measure, Measure) {
         let namespace = TestNamespace::new(&self.client, "versus").await;
         let ns = namespace.name().to_string();
         let names = names(size);
@@ -558,11 +582,56 @@ impl Bench {
             peak_rss_kib: operator.as_ref().map_or(0, Operator::peak_rss_kib),
         };
         running_watch.abort();
-        // Stop the pods too, so the cluster is quiet for the next scenario.
-        stop_all(kind, &jobs, &datajobs, &names).await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        let phase = Phase {
+            kind,
+            operator: operator.as_ref(),
+            namespace: &ns,
+            names: &names,
+        };
+        let complete = self.complete(&phase, &jobs, &datajobs).await;
         self.clean_up(namespace).await;
         drop(operator);
+        (measure, complete)
+    }
+
+    /// Makes the pod of every object (all running) exit 0, as kwok does for a pod annotated
+    /// `sim.datajob.dev/exit-code` (the DataJob's driver with a result); until every Job is
+    /// `Complete` / every DataJob `completed`.
+    async fn complete(
+        &self,
+        phase: &Phase<'_>,
+        jobs: &Api<Job>,
+        datajobs: &Api<DataJob>,
+    ) -> Measure {
+        let (mut done, done_watch) = match phase.kind {
+            Kind::Job => watch_objects(jobs.clone(), job_complete),
+            Kind::DataJob => watch_objects(datajobs.clone(), datajob_in("completed")),
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), phase.namespace);
+        let label = match phase.kind {
+            Kind::Job => "batch.kubernetes.io/job-name",
+            Kind::DataJob => datajob_operator::executor::LABEL_JOB_NAME,
+        };
+        let pod_of: HashMap<String, String> = pods
+            .list(&Default::default())
+            .await
+            .expect("list the pods")
+            .items
+            .iter()
+            .filter_map(|pod| Some((pod.labels().get(label)?.clone(), pod.name_any())))
+            .collect();
+        let exits = each(phase.names, |name| {
+            let pods = pods.clone();
+            let pod = pod_of
+                .get(&name)
+                .unwrap_or_else(|| panic!("no pod of {name}"))
+                .clone();
+            async move {
+                support::exit_pod(&pods, &pod, 0, support::MATERIALIZE_RESULT).await;
+            }
+        });
+        let measure = self.measure(phase, &mut done, exits).await;
+        done_watch.abort();
         measure
     }
 }

@@ -5,12 +5,13 @@
 # cluster down.
 #
 #   hack/bench.sh [--name NAME] [--port-base PORT] [--sizes 100,1000]
-#   hack/bench.sh [--name NAME] [--port-base PORT] --side-by-side [--sizes 300,1000] [--runs 3]
+#   hack/bench.sh [--name NAME] [--port-base PORT] --side-by-side [--sizes 300,1000] [--runs 3] [--dedicated 20x32]
 #
 # --side-by-side runs benches/versus.rs instead: batch/v1 Jobs against DataJobs on the same
-# cluster (stream, cancel storm, backlog), with ratios. The API server keeps an audit log of
-# writes (hack/cluster.sh --audit), from which both benchmarks count writes per job. It also
-# writes the medians to target/bench/versus.csv and draws them to target/bench/versus.png.
+# cluster (stream, cancel storm, backlog; dedicated start and stop), with ratios. The API server
+# keeps an audit log of writes (hack/cluster.sh --audit), from which both benchmarks count writes
+# per job. It also writes the medians to target/bench/versus.csv and draws them to
+# target/bench/versus.png.
 # DATAJOB_BENCH_CLUSTER names the cluster too; DATAJOB_BENCH_NODES fake nodes (default 30).
 # Other arguments go to the benchmark.
 set -euo pipefail

@@ -5,8 +5,9 @@
 //! library Flux uses) computes the status of the same fixtures; both must match the table in
 //! docs/gitops.md. The Go helpers come from `hack/gotools.sh` (built once, cached).
 //!
-//! On the cluster: one field manager server-side applies a DataJob, later applies it with
-//! `cancel: true`; re-applying causes no conflict and no change. The real objects the operator
+//! On the cluster, with the chart's teardown-finalizer admission policy installed: one field
+//! manager server-side applies a DataJob, later applies it with `cancel: true`; re-applying
+//! causes no conflict and no change, and keeps the finalizer the policy added. The real objects the operator
 //! writes on the way are run through both tools as well.
 
 mod support;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use datajob_operator::api::{DataJob, JobState};
+use kube::ResourceExt;
 use kube::api::Api;
 use serde::Deserialize;
 use serde_json::Value;
@@ -238,6 +240,8 @@ fn kstatus_and_argo_cd_columns_of_docs_gitops_md_are_what_the_tools_compute() {
 // --- on the cluster ---------------------------------------------------------------------------
 
 const FIELD_MANAGER: &str = "gitops-test";
+/// The operator's finalizer on a DataJob.
+const TEARDOWN: &str = "datajob.dev/teardown";
 
 fn manifest(name: &str, cancel: bool) -> String {
     let cancel = if cancel {
@@ -254,8 +258,8 @@ fn manifest(name: &str, cancel: bool) -> String {
 
 /// `kubectl apply --server-side` of `manifest` as the GitOps field manager; returns stdout.
 fn server_side_apply(namespace: &str, manifest: &str) -> String {
-    let mut child = support::kubectl()
-        .args([
+    support::helm::kubectl_with_input(
+        &[
             "apply",
             "--server-side",
             "--field-manager",
@@ -264,25 +268,59 @@ fn server_side_apply(namespace: &str, manifest: &str) -> String {
             namespace,
             "-f",
             "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(manifest.as_bytes())
-        .expect("write manifest");
-    let out = child.wait_with_output().expect("kubectl output");
-    assert!(
-        out.status.success(),
-        "kubectl apply --server-side failed (a conflict?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        ],
+        manifest,
+    )
+}
+
+/// Installs the chart's teardown-finalizer policy for `namespace` and `dp-gitops`, as a
+/// release watching that namespace would, and waits until the API server applies it (a dry
+/// run of a DataJob comes back with the finalizer). Returns the rendered policy, to delete.
+async fn install_finalizer_policy(client: &kube::Client, namespace: &str) -> String {
+    let version = client
+        .apiserver_version()
+        .await
+        .expect("the API server's version")
+        .git_version;
+    let watch = format!("watchNamespace={namespace}");
+    let policy =
+        support::helm::finalizer_policy(namespace, &version, &[&watch, "dataPlane=dp-gitops"]);
+    support::helm::kubectl_with_input(&["apply", "--server-side", "-f", "-"], &policy);
+    let jobs: Api<DataJob> = Api::namespaced(client.clone(), namespace);
+    let probe: DataJob = serde_yaml::from_str(&manifest("policy-probe", false)).expect("manifest");
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    support::eventually(
+        "the finalizer policy to take effect",
+        support::STEP,
+        async || {
+            let created = jobs.create(&dry_run, &probe).await.ok()?;
+            created
+                .finalizers()
+                .iter()
+                .any(|f| f == TEARDOWN)
+                .then_some(())
+        },
+    )
+    .await;
+    policy
+}
+
+/// Which field managers own `metadata.finalizers` of `job`, by manager and subresource.
+fn finalizer_owners(job: &DataJob) -> Vec<String> {
+    job.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:metadata/f:finalizers").is_some())
+        })
+        .map(|m| format!("{:?}:{:?}", m.manager, m.subresource))
+        .collect()
 }
 
 fn as_value(job: &DataJob) -> Value {
@@ -298,12 +336,17 @@ async fn server_side_apply_then_cancel_from_git_then_reapply_changes_nothing() {
     let client = support::admin_client().await;
     support::install_crds(&client).await;
     let ns = support::TestNamespace::new(&client, "gitops").await;
+    let policy = install_finalizer_policy(&client, ns.name()).await;
     let _operator = support::Operator::start(ns.name());
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), ns.name());
     let name = "nightly-view";
 
     server_side_apply(ns.name(), &manifest(name, false));
     let running = support::wait_state(&jobs, name, JobState::Running).await;
+    // The admission policy added the finalizer; no field manager owns it, so no later apply
+    // from git removes it.
+    assert!(running.finalizers().iter().any(|f| f == TEARDOWN));
+    assert_eq!(finalizer_owners(&running), Vec::<String>::new());
 
     server_side_apply(ns.name(), &manifest(name, true));
     let cancelled = support::wait_state(&jobs, name, JobState::Cancelled).await;
@@ -323,6 +366,11 @@ async fn server_side_apply_then_cancel_from_git_then_reapply_changes_nothing() {
         "re-applying the same manifest must not change the object"
     );
     assert_eq!(after.metadata.generation, settled.metadata.generation);
+    assert!(
+        after.finalizers().iter().any(|f| f == TEARDOWN),
+        "applies from git keep the admission-added finalizer: {:?}",
+        after.finalizers()
+    );
 
     // Field ownership: the GitOps manager owns the spec it applied, the operator only status.
     let managers: BTreeMap<String, String> = after
@@ -357,6 +405,10 @@ async fn server_side_apply_then_cancel_from_git_then_reapply_changes_nothing() {
                 !fields.contains("f:spec"),
                 "the operator must not own spec fields: {manager} {fields}"
             );
+            assert!(
+                manager.ends_with(":status"),
+                "with the finalizer policy the operator writes only status: {manager} {fields}"
+            );
         }
     }
 
@@ -369,6 +421,7 @@ async fn server_side_apply_then_cancel_from_git_then_reapply_changes_nothing() {
     assert_eq!(argo[2].status, "Suspended", "{:?}", argo[2]);
     assert_eq!(flux[2].status, "Current", "{:?}", flux[2]);
     ns.cleanup().await;
+    support::helm::kubectl_with_input(&["delete", "-f", "-"], &policy);
 }
 
 /// The docs' command that puts health.lua into argocd-cm, run against a ConfigMap of that name

@@ -8,8 +8,8 @@ use datajob_operator::api::{
     ClusterType, Condition, DataJobSpec, DataJobStatus, ExecutorSpec, JobInput, JobState, JobType,
 };
 use datajob_operator::domain::{
-    Cause, EventKind, NodeView, Observation, ObservedPod, Plan, PodPhase, PoolView, Reason,
-    Termination, decide, release,
+    COUNT_REFRESH, Cause, EventKind, NodeView, Observation, ObservedPod, Plan, PodPhase, PoolView,
+    Reason, Termination, decide, release,
 };
 use datajob_operator::executor::{self, Role};
 use jiff::Timestamp;
@@ -335,6 +335,10 @@ fn a_lifecycle_writes_status_once_per_state_change_and_one_event_each() {
             job.request_cancel();
             write(&mut job, &mut writes, &mut events); // -> pending_cancellation
             write(&mut job, &mut writes, &mut events); // pods terminating: nothing new
+            while job.obs.pods.len() > 1 {
+                job.obs.pods.pop();
+                write(&mut job, &mut writes, &mut events); // one pod fewer: nothing new
+            }
             job.pods_gone();
             write(&mut job, &mut writes, &mut events); // -> cancelled
         } else {
@@ -363,6 +367,39 @@ fn a_lifecycle_writes_status_once_per_state_change_and_one_event_each() {
             "{cluster_type:?}: one event per state change"
         );
     }
+}
+
+#[test]
+fn a_pod_count_that_alone_changes_is_written_once_its_refresh_interval_is_over() {
+    let mut job = Job::running(ClusterType::Dedicated);
+    job.request_cancel();
+    job.step_and_apply(); // -> pending_cancellation, written now with 3 pods
+    assert_eq!(job.obs.status.active_executors, Some(3));
+    job.obs.pods.pop();
+    job.obs.now += Duration::from_secs(1);
+    let observed = job.obs.status.clone();
+    let plan = job.step();
+    assert!(
+        !plan.writes_status(Some(&observed)),
+        "one pod fewer a second after a write: not written yet"
+    );
+    assert_eq!(plan.status.active_executors, Some(3));
+    assert_eq!(
+        plan.requeue,
+        Some(COUNT_REFRESH - Duration::from_secs(1)),
+        "but looked at again when the interval is over"
+    );
+    job.obs.now += COUNT_REFRESH;
+    let plan = job.step();
+    assert!(plan.writes_status(Some(&observed)), "then written");
+    assert_eq!(plan.status.active_executors, Some(2));
+    job.pods_gone();
+    let plan = job.step();
+    assert_eq!(
+        (plan.status.state, plan.status.active_executors),
+        (Some(JobState::Cancelled), Some(0)),
+        "a state change writes the exact count at once"
+    );
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! The command line both benchmarks take: `--sizes`, `--operator`, and their own options.
 
-/// The value after `name` on the command line.
+/// The value after the last `name` on the command line (hack/bench.sh passes its defaults
+/// first, so what the user adds wins).
 pub fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
-        .position(|a| a == name)
+        .rposition(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
 }
 

@@ -375,7 +375,8 @@ pub struct DataJobStatus {
     pub cancellation: Option<Cancellation>,
 
     /// Number of the job's executor pods that still exist (0 to 65: a driver and at most 64
-    /// workers).
+    /// workers). When only this count changes it is written at most every 5 seconds; a state
+    /// change writes it at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 65))]
     pub active_executors: Option<i32>,

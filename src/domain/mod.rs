@@ -24,8 +24,8 @@ pub mod start;
 pub mod teardown;
 
 pub use machine::{
-    decide, executor_create_failed, on_deletion, resolve_cluster_type, stalled_deletion, teardown,
-    workers,
+    COUNT_REFRESH, decide, executor_create_failed, on_deletion, resolve_cluster_type,
+    stalled_deletion, teardown, workers,
 };
 pub use model::{
     Cause, ConditionType, Deletion, EventKind, JobEvent, NodeView, Observation, ObservedPod, Plan,

@@ -101,10 +101,12 @@ pub fn stalled_deletion(
     Some(next)
 }
 
-fn tearing_down(pods: usize) -> super::Waiting {
+/// What the conditions say while pods terminate. It names no count: a count would change the
+/// status, and so write it, each time one of a dedicated executor's pods goes.
+fn tearing_down() -> super::Waiting {
     super::Waiting {
         reason: Reason::TearingDown,
-        message: format!("waiting for {pods} executor pod(s) to terminate"),
+        message: "waiting for the executor pods to terminate".to_string(),
         stalled: false,
     }
 }
@@ -124,7 +126,7 @@ impl Step<'_> {
         self.delete = teardown(&self.obs.pods);
         if !self.obs.pods.is_empty() {
             // What the next passes record while the pods terminate, so they write nothing new.
-            self.waiting = Some(tearing_down(self.obs.pods.len()));
+            self.waiting = Some(tearing_down());
         }
     }
 
@@ -157,7 +159,7 @@ impl Step<'_> {
             }
         } else {
             // Not announced: the state change already said that pods are torn down.
-            self.waiting = Some(tearing_down(self.obs.pods.len()));
+            self.waiting = Some(tearing_down());
         }
         self.requeue = Some(judged.next_look.unwrap_or(RESYNC).min(RESYNC));
     }

@@ -33,6 +33,10 @@ use crate::executor::PodSlot;
 pub use cancellation::{on_deletion, stalled_deletion, teardown};
 pub use pending::executor_create_failed;
 
+/// Longest `activeExecutors` may lag behind the pods when it is the only change
+/// ([`Step::count_wait`]).
+pub const COUNT_REFRESH: Duration = Duration::from_secs(5);
+
 /// Decides the next step for one job.
 pub fn decide(obs: &Observation) -> Plan {
     let mut step = Step::new(obs);
@@ -180,6 +184,29 @@ impl<'a> Step<'a> {
         }
     }
 
+    /// How long the recorded `activeExecutors` may stay as it is, when the pod count is all
+    /// that changed and the status was written less than [`COUNT_REFRESH`] ago (no pods to
+    /// create: a creation writes the exact count). A dedicated executor's 65 pods that go one
+    /// by one then cost a write or two instead of one each; the count is written once the
+    /// interval is over, or with the next change that is not a count.
+    fn count_wait(&self) -> Option<Duration> {
+        if !self.create.is_empty() {
+            return None;
+        }
+        let mut uncounted = self.status.clone();
+        uncounted.active_executors = self.obs.status.active_executors;
+        if uncounted != self.obs.status {
+            return None;
+        }
+        let written = self.obs.status.updated_at.as_ref()?.0;
+        let since = self.obs.now.duration_since(written);
+        let left = jiff::SignedDuration::try_from(COUNT_REFRESH).ok()? - since;
+        if !left.is_positive() {
+            return None;
+        }
+        Duration::try_from(left).ok()
+    }
+
     fn driver(&self, executor: &str) -> Option<&'a ObservedPod> {
         let name = format!("{executor}-driver");
         self.obs.pods.iter().find(|p| p.name == name)
@@ -194,7 +221,13 @@ impl<'a> Step<'a> {
         self.status.conditions =
             super::conditions::conditions(self.obs, &self.status, self.waiting.as_ref());
         if self.status != self.obs.status {
-            self.status.updated_at = Some(self.now());
+            match self.count_wait() {
+                Some(wait) => {
+                    self.status.active_executors = self.obs.status.active_executors;
+                    self.requeue = Some(self.requeue.map_or(wait, |r| r.min(wait)));
+                }
+                None => self.status.updated_at = Some(self.now()),
+            }
         }
         Plan {
             release_pods: super::release::releasable(&self.obs.pods, self.status.state),
