@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use futures::{StreamExt, stream};
-
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -30,9 +28,6 @@ use crate::executor::{ExecutorTemplate, LABEL_JOB_UID, RESULT_FINALIZER};
 const RECHECK_AFTER_REJECTION: Duration = Duration::from_millis(200);
 /// The shortest requeue, so a plan asking to look again at once does not spin.
 const MIN_REQUEUE: Duration = Duration::from_millis(50);
-/// Pod requests (creates, deletes, finalizer removals) of one pass in flight at once: a
-/// dedicated executor's 65 pods take a few round trips instead of one each.
-const POD_REQUESTS_IN_FLIGHT: usize = 16;
 
 /// How the creation of an executor's pods ended.
 enum Creation {
@@ -185,40 +180,28 @@ async fn create_pods(
         field_manager: Some(OPERATOR_NAME.to_string()),
         ..PostParams::default()
     };
-    // Each create is sent at once (a few in flight); their answers are read in slot order, so
-    // the first slot that went wrong decides what the pass records.
-    let requests: Vec<(String, Pod)> = plan
-        .create
-        .iter()
-        .map(|slot| (slot.name.clone(), template.pod(slot, owner.clone())))
-        .collect();
-    let answers: Vec<_> = stream::iter(requests)
-        .map(|(name, pod)| {
-            let (pods, params) = (pods.clone(), params.clone());
-            async move { (name, pods.create(&params, &pod).await) }
-        })
-        .buffered(POD_REQUESTS_IN_FLIGHT)
-        .collect()
-        .await;
-    for (name, answer) in answers {
-        match answer {
+    for slot in &plan.create {
+        match pods
+            .create(&params, &template.pod(slot, owner.clone()))
+            .await
+        {
             Ok(_) => {
-                ctx.created_pod(format!("{}/{}", template.namespace, name));
-                debug!(pod = %name, "created executor pod");
+                ctx.created_pod(format!("{}/{}", template.namespace, slot.name));
+                debug!(pod = %slot.name, "created executor pod");
             }
             Err(source) if kube_util::is_conflict(&source) => {
-                if let Some(message) = squatter(pods, job, &name).await? {
+                if let Some(message) = squatter(pods, job, &slot.name).await? {
                     return Ok(Creation::Conflict(message));
                 }
-                ctx.created_pod(format!("{}/{}", template.namespace, name));
-                debug!(pod = %name, "executor pod already exists");
+                ctx.created_pod(format!("{}/{}", template.namespace, slot.name));
+                debug!(pod = %slot.name, "executor pod already exists");
             }
             Err(source) => {
                 if let Some(message) = invalid_message(&source) {
                     return Ok(Creation::Rejected(message.to_string()));
                 }
                 return Err(Error::CreatePod {
-                    pod: format!("{}/{}", template.namespace, name),
+                    pod: format!("{}/{}", template.namespace, slot.name),
                     source,
                 });
             }
@@ -323,19 +306,8 @@ async fn delete_pods_with(
     names: &[String],
     params: &DeleteParams,
 ) -> Result<(), Error> {
-    let answers: Vec<_> = stream::iter(names.iter().cloned())
-        .map(|name| {
-            let (pods, params) = (pods.clone(), params.clone());
-            async move {
-                let answer = pods.delete(&name, &params).await;
-                (name, answer)
-            }
-        })
-        .buffered(POD_REQUESTS_IN_FLIGHT)
-        .collect()
-        .await;
-    for (name, answer) in answers {
-        match answer {
+    for name in names {
+        match pods.delete(name, params).await {
             Ok(_) => debug!(pod = %name, "deleting executor pod"),
             Err(source) if is_not_found(&source) => {}
             Err(source) => {
@@ -357,31 +329,14 @@ pub async fn release_pods(
     namespace: &str,
     names: &[String],
 ) -> Result<(), Error> {
-    let requests: Vec<(String, Option<Vec<String>>)> = names
-        .iter()
-        .map(|name| {
-            let cached = ctx
-                .stores
-                .pods
-                .get(&ObjectRef::new(name).within(namespace))
-                .map(|pod| pod.finalizers().to_vec())
-                .filter(|finalizers| finalizers.iter().any(|f| f == RESULT_FINALIZER));
-            (name.clone(), cached)
-        })
-        .collect();
-    let answers: Vec<_> = stream::iter(requests)
-        .map(|(name, cached)| {
-            let (pods, namespace) = (pods.clone(), namespace.to_string());
-            async move {
-                let answer = result_finalizer::release(&pods, &namespace, &name, cached).await;
-                (name, answer)
-            }
-        })
-        .buffered(POD_REQUESTS_IN_FLIGHT)
-        .collect()
-        .await;
-    for (name, answer) in answers {
-        if answer? {
+    for name in names {
+        let cached = ctx
+            .stores
+            .pods
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|pod| pod.finalizers().to_vec())
+            .filter(|finalizers| finalizers.iter().any(|f| f == RESULT_FINALIZER));
+        if result_finalizer::release(pods, namespace, name, cached).await? {
             debug!(pod = %name, "removed the result finalizer");
         }
         ctx.released_pod(format!("{namespace}/{name}"));
