@@ -10,8 +10,8 @@
 # --side-by-side runs benches/versus.rs instead: batch/v1 Jobs against DataJobs on the same
 # cluster (stream, cancel storm, backlog; dedicated start and stop), with ratios. The API server
 # keeps an audit log of writes (hack/cluster.sh --audit), from which both benchmarks count writes
-# per job. It also writes the medians to target/bench/versus.csv and draws them to
-# target/bench/versus.png.
+# per job. It also writes the medians to target/bench/versus.csv (or --csv FILE) and draws them
+# beside it (target/bench/versus.png).
 # DATAJOB_BENCH_CLUSTER names the cluster too; DATAJOB_BENCH_NODES fake nodes (default 30).
 # Other arguments go to the benchmark.
 set -euo pipefail
@@ -42,10 +42,16 @@ log "starting cluster '$NAME'"
 eval "$("${CLUSTER[@]}" env)"
 cargo bench --bench "$BENCH" -- --operator "$ROOT/target/release/datajob-operator" "${BENCH_ARGS[@]}"
 if [[ $BENCH == versus ]]; then
-  # The medians as a PNG beside the CSV (matplotlib from a venv: hack/plot-bench.sh).
-  if hack/plot-bench.sh target/bench/versus.csv target/bench/versus.png "Jobs and DataJobs side by side ($(date -u +%F), $(git rev-parse --short HEAD))"; then
-    log "plot: target/bench/versus.png (medians: target/bench/versus.csv)"
+  # The medians as a PNG beside the CSV (--csv, else target/bench/versus.csv; matplotlib from a
+  # venv: hack/plot-bench.sh).
+  csv=target/bench/versus.csv
+  for ((i = 0; i + 1 < ${#BENCH_ARGS[@]}; i++)); do
+    [[ ${BENCH_ARGS[i]} == --csv ]] && csv=${BENCH_ARGS[i + 1]}
+  done
+  png=${csv%.csv}.png
+  if hack/plot-bench.sh "$csv" "$png" "Jobs and DataJobs side by side ($(date -u +%F), $(git rev-parse --short HEAD))"; then
+    log "plot: $png (medians: $csv)"
   else
-    log "no plot (hack/plot-bench.sh failed); the medians are in target/bench/versus.csv"
+    log "no plot (hack/plot-bench.sh failed); the medians are in $csv"
   fi
 fi

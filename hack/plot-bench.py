@@ -3,6 +3,7 @@
 Reads the CSV the benchmark writes (one row per N, scenario and controller, medians over the
 runs) and draws, per scenario, the time until all N objects are done and the p99 per object,
 for batch/v1 Jobs and for DataJobs, against N; a last panel shows controller writes per object.
+The dedicated scenario (one size) is left to the table.
 
     plot-bench.py RESULTS.csv OUT.png [TITLE]
 """
@@ -16,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SCENARIOS = ["stream", "backlog", "cancel storm"]
+SCENARIOS = ["stream", "backlog", "complete", "cancel storm"]
 STYLE = {"Job": ("tab:gray", "o", "batch/v1 Job (kube-controller-manager)"),
          "DataJob": ("tab:blue", "s", "DataJob (datajob-operator)")}
 
@@ -36,7 +37,7 @@ def main():
         sys.exit(__doc__)
     rows = load(sys.argv[1])
     title = sys.argv[3] if len(sys.argv) > 3 else "Jobs and DataJobs side by side"
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.6))
+    fig, axes = plt.subplots(1, len(SCENARIOS) + 1, figsize=(22, 4.6))
     for ax, scenario in zip(axes, SCENARIOS):
         for kind, (color, marker, label) in STYLE.items():
             data = rows.get((scenario, kind), {})
@@ -52,7 +53,7 @@ def main():
         ax.set_ylabel("seconds (median of runs)")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    ax = axes[3]
+    ax = axes[len(SCENARIOS)]
     width = 0.38
     labels = []
     for i, scenario in enumerate(SCENARIOS):

@@ -13,6 +13,7 @@ use datajob_operator::domain::{
 };
 use datajob_operator::executor::{self, Role};
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use proptest::prelude::*;
 
 /// The driver's result finalizer: results are never lost (issue 8, item 5).
@@ -400,6 +401,17 @@ fn a_pod_count_that_alone_changes_is_written_once_its_refresh_interval_is_over()
         (Some(JobState::Cancelled), Some(0)),
         "a state change writes the exact count at once"
     );
+
+    let mut job = Job::running(ClusterType::Dedicated);
+    job.obs.status.updated_at = Some(Time(job.obs.now + Duration::from_secs(3600)));
+    job.obs.pods.pop();
+    let observed = job.obs.status.clone();
+    let plan = job.step();
+    assert!(
+        plan.writes_status(Some(&observed)),
+        "a recorded time in the future does not hold the count back"
+    );
+    assert_eq!(plan.status.active_executors, Some(2));
 }
 
 #[test]

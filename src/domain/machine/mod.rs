@@ -198,13 +198,12 @@ impl<'a> Step<'a> {
         if uncounted != self.obs.status {
             return None;
         }
+        // A recorded time in the future (a status someone else wrote) counts as long ago.
         let written = self.obs.status.updated_at.as_ref()?.0;
-        let since = self.obs.now.duration_since(written);
-        let left = jiff::SignedDuration::try_from(COUNT_REFRESH).ok()? - since;
-        if !left.is_positive() {
-            return None;
-        }
-        Duration::try_from(left).ok()
+        let since = Duration::try_from(self.obs.now.duration_since(written)).ok()?;
+        COUNT_REFRESH
+            .checked_sub(since)
+            .filter(|left| !left.is_zero())
     }
 
     fn driver(&self, executor: &str) -> Option<&'a ObservedPod> {
