@@ -474,9 +474,12 @@ impl Bench {
     }
 
     fn start_operator(&self, namespace: &str) -> Operator {
+        // DATAJOB_BENCH_CONCURRENCY=<n> tries another --concurrency (default 32).
+        let concurrency =
+            std::env::var("DATAJOB_BENCH_CONCURRENCY").unwrap_or_else(|_| "32".to_string());
         Operator::launch(Launch {
             binary: self.operator.clone().into(),
-            args: ["--namespace", namespace, "--concurrency", "32"]
+            args: ["--namespace", namespace, "--concurrency", &concurrency]
                 .map(String::from)
                 .to_vec(),
             // DATAJOB_BENCH_LOG=<filter> keeps the operator's log (target/tmp/e2e-logs).
