@@ -34,7 +34,7 @@ mod dedicated;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,16 @@ const JOB_CONTROLLER: &str = "job-controller";
 enum Kind {
     Job,
     DataJob,
+}
+
+impl Kind {
+    /// The label that names a pod's object.
+    fn pod_label(self) -> &'static str {
+        match self {
+            Kind::Job => "batch.kubernetes.io/job-name",
+            Kind::DataJob => datajob_operator::executor::LABEL_JOB_NAME,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,7 +134,8 @@ async fn main() {
     );
     let client = admin_client().await;
     install_crds(&client).await;
-    install_finalizer_policy(&client).await;
+    // As `helm install` does on a cluster that serves MutatingAdmissionPolicy.
+    support::helm::apply_finalizer_policy(&client, "bench", &[]).await;
     let bench = Bench {
         client,
         audit,
@@ -184,18 +195,6 @@ async fn main() {
         PathBuf::from,
     );
     write_csv(&results, &csv);
-}
-
-/// Installs the chart's teardown-finalizer admission policy (as `helm install` does on a
-/// cluster that serves MutatingAdmissionPolicy), rendered from the chart and applied.
-async fn install_finalizer_policy(client: &kube::Client) {
-    let version = client
-        .apiserver_version()
-        .await
-        .expect("the API server's version")
-        .git_version;
-    let rendered = support::helm::finalizer_policy("bench", &version, &[]);
-    support::helm::kubectl_with_input(&["apply", "--server-side", "-f", "-"], &rendered);
 }
 
 /// Writes the medians (one row per N, scenario and controller) as CSV for
@@ -288,13 +287,17 @@ fn job_manifest(name: &str, suspend: bool) -> Job {
     .expect("job manifest")
 }
 
-fn datajob_manifest(name: &str) -> DataJob {
+/// A one-pod DataJob like [`job_manifest`]'s Job (a builder, for the dedicated scenario).
+fn datajob_builder(name: &str) -> support::DataJobBuilder {
     datajob(name)
         .nql("SELECT 1")
         .stats_enabled(false)
         .data_plane("dp-bench")
         .grace_period(1)
-        .build()
+}
+
+fn datajob_manifest(name: &str) -> DataJob {
+    datajob_builder(name).build()
 }
 
 /// Runs `f` on every name, `PARALLEL` at once; returns when each call started.
@@ -342,25 +345,42 @@ where
     (rx, task)
 }
 
-/// Sends `(job name, when)` each time a pod of a Job is deleted.
-fn watch_pod_deletions(
-    api: Api<Pod>,
-) -> (
-    UnboundedReceiver<(String, Instant)>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = unbounded_channel();
+/// `(object name, when)` each time an object reaches what a channel reports.
+type Arrivals = UnboundedReceiver<(String, Instant)>;
+
+/// Watches the namespace's pods of `kind`; sends `(object name, when)` on the first channel
+/// when `per_object` pods of an object run, on the second when that many are deleted.
+fn watch_pods(
+    pods: Api<Pod>,
+    kind: Kind,
+    per_object: usize,
+) -> (Arrivals, Arrivals, tokio::task::JoinHandle<()>) {
+    let (running_tx, running_rx) = unbounded_channel();
+    let (deleted_tx, deleted_rx) = unbounded_channel();
     let task = tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        let mut running: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut deleted: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut stream = watcher(pods, watcher::Config::default()).boxed();
         while let Ok(Some(event)) = stream.try_next().await {
-            if let watcher::Event::Delete(pod) = event
-                && let Some(job) = pod.labels().get("batch.kubernetes.io/job-name")
-            {
-                let _ = tx.send((job.clone(), Instant::now()));
+            let (pod, seen, tx) = match event {
+                watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)
+                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") =>
+                {
+                    (pod, &mut running, &running_tx)
+                }
+                watcher::Event::Delete(pod) => (pod, &mut deleted, &deleted_tx),
+                _ => continue,
+            };
+            let Some(object) = pod.labels().get(kind.pod_label()).cloned() else {
+                continue;
+            };
+            let pods = seen.entry(object.clone()).or_default();
+            if pods.insert(pod.name_any()) && pods.len() == per_object {
+                let _ = tx.send((object, Instant::now()));
             }
         }
     });
-    (rx, task)
+    (running_rx, deleted_rx, task)
 }
 
 /// When each of `size` names first arrived on `rx`.
@@ -515,7 +535,11 @@ impl Bench {
         let datajobs: Api<DataJob> = Api::namespaced(self.client.clone(), &ns);
         let (mut running, running_watch) = watch_running(kind, &jobs, &datajobs);
         let (mut stopped, stopped_watch) = match kind {
-            Kind::Job => watch_pod_deletions(Api::namespaced(self.client.clone(), &ns)),
+            Kind::Job => {
+                let pods = Api::namespaced(self.client.clone(), &ns);
+                let (_, deleted, task) = watch_pods(pods, kind, 1);
+                (deleted, task)
+            }
             Kind::DataJob => watch_objects(datajobs.clone(), datajob_in("cancelled")),
         };
         let phase = Phase {
@@ -528,7 +552,14 @@ impl Bench {
             .measure(
                 &phase,
                 &mut running,
-                create_all(kind, &jobs, &datajobs, &names, false),
+                create_all(
+                    kind,
+                    &jobs,
+                    &datajobs,
+                    &names,
+                    |n| job_manifest(n, false),
+                    datajob_manifest,
+                ),
             )
             .await;
         let storm = self
@@ -552,7 +583,15 @@ impl Bench {
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &ns);
         let datajobs: Api<DataJob> = Api::namespaced(self.client.clone(), &ns);
         let (mut running, running_watch) = watch_running(kind, &jobs, &datajobs);
-        create_all(kind, &jobs, &datajobs, &names, true).await;
+        create_all(
+            kind,
+            &jobs,
+            &datajobs,
+            &names,
+            |n| job_manifest(n, true),
+            datajob_manifest,
+        )
+        .await;
         // Let the Job controller see the suspended Jobs (it records them Suspended).
         tokio::time::sleep(Duration::from_secs(5)).await;
         let mark = self.audit.mark();
@@ -611,10 +650,7 @@ impl Bench {
             Kind::DataJob => watch_objects(datajobs.clone(), datajob_in("completed")),
         };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), phase.namespace);
-        let label = match phase.kind {
-            Kind::Job => "batch.kubernetes.io/job-name",
-            Kind::DataJob => datajob_operator::executor::LABEL_JOB_NAME,
-        };
+        let label = phase.kind.pod_label();
         let pod_of: HashMap<String, String> = pods
             .list(&Default::default())
             .await
@@ -639,25 +675,22 @@ impl Bench {
     }
 }
 
-/// Creates the N objects (Jobs suspended when `suspended`); returns when each create started.
+/// Creates the N objects from `job` / `datajob` (manifests by name); returns when each create
+/// started.
 async fn create_all(
     kind: Kind,
     jobs: &Api<Job>,
     datajobs: &Api<DataJob>,
     names: &[String],
-    suspended: bool,
+    job: impl Fn(&str) -> Job,
+    datajob: impl Fn(&str) -> DataJob,
 ) -> HashMap<String, Instant> {
+    let (job, datajob) = (&job, &datajob);
     each(names, |name| async move {
         let params = PostParams::default();
         let created = match kind {
-            Kind::Job => jobs
-                .create(&params, &job_manifest(&name, suspended))
-                .await
-                .map(drop),
-            Kind::DataJob => datajobs
-                .create(&params, &datajob_manifest(&name))
-                .await
-                .map(drop),
+            Kind::Job => jobs.create(&params, &job(&name)).await.map(drop),
+            Kind::DataJob => datajobs.create(&params, &datajob(&name)).await.map(drop),
         };
         created.unwrap_or_else(|e| panic!("cannot create {kind:?} {name}: {e}"));
     })

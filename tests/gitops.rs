@@ -258,7 +258,7 @@ fn manifest(name: &str, cancel: bool) -> String {
 
 /// `kubectl apply --server-side` of `manifest` as the GitOps field manager; returns stdout.
 fn server_side_apply(namespace: &str, manifest: &str) -> String {
-    support::helm::kubectl_with_input(
+    support::kubectl_with_input(
         &[
             "apply",
             "--server-side",
@@ -277,15 +277,10 @@ fn server_side_apply(namespace: &str, manifest: &str) -> String {
 /// release watching that namespace would, and waits until the API server applies it (a dry
 /// run of a DataJob comes back with the finalizer). Returns the rendered policy, to delete.
 async fn install_finalizer_policy(client: &kube::Client, namespace: &str) -> String {
-    let version = client
-        .apiserver_version()
-        .await
-        .expect("the API server's version")
-        .git_version;
     let watch = format!("watchNamespace={namespace}");
     let policy =
-        support::helm::finalizer_policy(namespace, &version, &[&watch, "dataPlane=dp-gitops"]);
-    support::helm::kubectl_with_input(&["apply", "--server-side", "-f", "-"], &policy);
+        support::helm::apply_finalizer_policy(client, namespace, &[&watch, "dataPlane=dp-gitops"])
+            .await;
     let jobs: Api<DataJob> = Api::namespaced(client.clone(), namespace);
     let probe: DataJob = serde_yaml::from_str(&manifest("policy-probe", false)).expect("manifest");
     let dry_run = kube::api::PostParams {
@@ -421,7 +416,7 @@ async fn server_side_apply_then_cancel_from_git_then_reapply_changes_nothing() {
     assert_eq!(argo[2].status, "Suspended", "{:?}", argo[2]);
     assert_eq!(flux[2].status, "Current", "{:?}", flux[2]);
     ns.cleanup().await;
-    support::helm::kubectl_with_input(&["delete", "-f", "-"], &policy);
+    support::kubectl_with_input(&["delete", "-f", "-"], &policy);
 }
 
 /// The docs' command that puts health.lua into argocd-cm, run against a ConfigMap of that name

@@ -1683,19 +1683,7 @@ async fn helm_install_upgrade_with_a_crd_change_rollback_test_and_uninstall() {
     for name in CRD_NAMES {
         if crds.get_opt(name).await.expect("get CRD").is_none() {
             let generated = datajob_operator::api::crds_yaml().expect("CRDs");
-            let mut apply = support::kubectl();
-            apply
-                .args(["apply", "--server-side", "-f", "-"])
-                .stdin(std::process::Stdio::piped());
-            let mut child = apply.spawn().expect("kubectl");
-            use std::io::Write as _;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(generated.as_bytes())
-                .unwrap();
-            assert!(child.wait().expect("kubectl").success());
+            support::kubectl_with_input(&["apply", "--server-side", "-f", "-"], &generated);
         }
         support::wait_established(&client, name, Duration::from_secs(60)).await;
     }

@@ -6,29 +6,21 @@
 //! - stop: all J are stopped at once (Job `suspend`, DataJob `cancel`); time until every Job's
 //!   pods are deleted / every DataJob is `cancelled` (which waits for its pods).
 
-use std::collections::{HashMap, HashSet};
-use std::time::Instant;
-
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use super::support::{TestNamespace, compute_pool, datajob, watch};
+use super::support::{TestNamespace, compute_pool, watch};
 use super::{
-    Bench, Kind, Measure, PHASE_LIMIT, Phase, datajob_in, each, names, stop_all, watch_objects,
+    Bench, Kind, Measure, PHASE_LIMIT, Phase, create_all, datajob_in, names, stop_all,
+    watch_objects, watch_pods,
 };
 use datajob_operator::api::{ComputePool, DataJob};
 
 /// The node label that gives each dedicated job a node of its own.
 const POOL_LABEL: &str = "datajob.dev/bench-pool";
-
-/// `(job name, when)` each time a job reaches what a channel reports.
-type Arrivals = UnboundedReceiver<(String, Instant)>;
 
 /// How many dedicated jobs, and how many workers each.
 #[derive(Clone, Copy, Debug)]
@@ -71,7 +63,7 @@ impl Bench {
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &ns);
         let datajobs: Api<DataJob> = Api::namespaced(self.client.clone(), &ns);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let (mut running, mut deleted, pods_watch) = watch_job_pods(pods, kind, shape);
+        let (mut running, mut deleted, pods_watch) = watch_pods(pods, kind, shape.pods_per_job());
         let (mut stopped, stopped_watch) = match kind {
             Kind::Job => (deleted, None),
             Kind::DataJob => {
@@ -87,24 +79,14 @@ impl Bench {
             namespace: &ns,
             names: &names,
         };
-        let create = each(&names, |name| {
-            let (jobs, datajobs) = (jobs.clone(), datajobs.clone());
-            async move {
-                let pool = pool_name(&name);
-                let params = PostParams::default();
-                let created = match kind {
-                    Kind::Job => jobs
-                        .create(&params, &job_manifest(&name, &pool, shape))
-                        .await
-                        .map(drop),
-                    Kind::DataJob => datajobs
-                        .create(&params, &datajob_manifest(&name, &pool, shape))
-                        .await
-                        .map(drop),
-                };
-                created.unwrap_or_else(|e| panic!("cannot create {kind:?} {name}: {e}"));
-            }
-        });
+        let create = create_all(
+            kind,
+            &jobs,
+            &datajobs,
+            &names,
+            |name| job_manifest(name, shape),
+            |name| datajob_manifest(name, shape),
+        );
         let start = self.measure(&phase, &mut running, create).await;
         let stop = self
             .measure(
@@ -184,77 +166,24 @@ where
     }
 }
 
-fn job_manifest(name: &str, pool: &str, shape: Shape) -> Job {
-    let pods = shape.pods_per_job();
-    serde_json::from_value(json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": { "name": name },
-        "spec": {
-            "parallelism": pods,
-            "completions": pods,
-            "backoffLimit": 0,
-            "template": {
-                "spec": {
-                    "restartPolicy": "Never",
-                    "terminationGracePeriodSeconds": 1,
-                    "nodeSelector": { POOL_LABEL: pool },
-                    "containers": [{ "name": "main", "image": "registry.example/job:bench" }],
-                },
-            },
-        },
-    }))
-    .expect("job manifest")
+/// A Job of `shape`'s pods on the node of its pool.
+fn job_manifest(name: &str, shape: Shape) -> Job {
+    let pods = i32::try_from(shape.pods_per_job()).expect("at most 65 pods");
+    let mut job = super::job_manifest(name, false);
+    let spec = job.spec.as_mut().expect("a Job spec");
+    spec.parallelism = Some(pods);
+    spec.completions = Some(pods);
+    if let Some(template) = spec.template.spec.as_mut() {
+        template.node_selector = Some([(POOL_LABEL.to_string(), pool_name(name))].into());
+    }
+    job
 }
 
-fn datajob_manifest(name: &str, pool: &str, shape: Shape) -> DataJob {
-    datajob(name)
-        .nql("SELECT 1")
-        .stats_enabled(false)
-        .data_plane("dp-bench")
-        .grace_period(1)
-        .pool(pool)
+/// A DataJob of `shape` on a dedicated cluster of its pool.
+fn datajob_manifest(name: &str, shape: Shape) -> DataJob {
+    super::datajob_builder(name)
+        .pool(&pool_name(name))
         .cluster_type("dedicated")
         .workers(i32::try_from(shape.workers).expect("at most 64 workers"))
         .build()
-}
-
-/// Watches the namespace's pods; sends `(job name, when)` on the first channel when all of a
-/// job's pods run, on the second when all of them are deleted.
-fn watch_job_pods(
-    pods: Api<Pod>,
-    kind: Kind,
-    shape: Shape,
-) -> (Arrivals, Arrivals, tokio::task::JoinHandle<()>) {
-    let label = match kind {
-        Kind::Job => "batch.kubernetes.io/job-name",
-        Kind::DataJob => datajob_operator::executor::LABEL_JOB_NAME,
-    };
-    let want = shape.pods_per_job();
-    let (running_tx, running_rx) = unbounded_channel();
-    let (deleted_tx, deleted_rx) = unbounded_channel();
-    let task = tokio::spawn(async move {
-        let mut running: HashMap<String, HashSet<String>> = HashMap::new();
-        let mut deleted: HashMap<String, HashSet<String>> = HashMap::new();
-        let mut stream = watcher(pods, watcher::Config::default()).boxed();
-        while let Ok(Some(event)) = stream.try_next().await {
-            let (pod, seen, tx) = match event {
-                watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)
-                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") =>
-                {
-                    (pod, &mut running, &running_tx)
-                }
-                watcher::Event::Delete(pod) => (pod, &mut deleted, &deleted_tx),
-                _ => continue,
-            };
-            let Some(job) = pod.labels().get(label).cloned() else {
-                continue;
-            };
-            let pods = seen.entry(job.clone()).or_default();
-            if pods.insert(pod.name_any()) && pods.len() == want {
-                let _ = tx.send((job, Instant::now()));
-            }
-        }
-    });
-    (running_rx, deleted_rx, task)
 }

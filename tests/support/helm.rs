@@ -64,16 +64,21 @@ pub fn http_get_path(probe: &Option<k8s_openapi::api::core::v1::Probe>) -> Optio
         .and_then(|h| h.path.clone())
 }
 
-/// The chart's teardown-finalizer admission policy for release `release`, rendered as
-/// `helm install` renders it on a cluster of `kube_version` that serves
-/// MutatingAdmissionPolicy, with `sets` (`key=value`).
-pub fn finalizer_policy(release: &str, kube_version: &str, sets: &[&str]) -> String {
+/// Installs the chart's teardown-finalizer admission policy of release `release`, with `sets`
+/// (`key=value`): rendered as `helm install` renders it on this cluster, which serves
+/// MutatingAdmissionPolicy, and server-side applied. Returns the rendered policy (to delete).
+pub async fn apply_finalizer_policy(client: &kube::Client, release: &str, sets: &[&str]) -> String {
+    let version = client
+        .apiserver_version()
+        .await
+        .expect("the API server's version")
+        .git_version;
     let mut args = vec![
         "template",
         release,
         CHART,
         "--kube-version",
-        kube_version,
+        &version,
         "--api-versions",
         "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
         "--show-only",
@@ -82,26 +87,7 @@ pub fn finalizer_policy(release: &str, kube_version: &str, sets: &[&str]) -> Str
     for set in sets {
         args.extend(["--set", set]);
     }
-    helm_ok(&args)
-}
-
-/// Runs `kubectl args` with `input` on stdin; panics with its output on failure.
-pub fn kubectl_with_input(args: &[&str], input: &str) -> String {
-    let mut child = super::kubectl()
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input.as_bytes())
-        .expect("write kubectl's stdin");
-    let out = child.wait_with_output().expect("kubectl's output");
-    assert!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let policy = helm_ok(&args);
+    super::kubectl_with_input(&["apply", "--server-side", "-f", "-"], &policy);
+    policy
 }

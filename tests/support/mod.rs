@@ -185,6 +185,28 @@ pub fn kubectl() -> std::process::Command {
     cmd
 }
 
+/// Runs `kubectl args` (see [`kubectl`]) with `input` on stdin and returns its stdout; panics
+/// with its stderr on failure.
+pub fn kubectl_with_input(args: &[&str], input: &str) -> String {
+    let mut child = kubectl()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input.as_bytes())
+        .expect("write kubectl's stdin");
+    let out = child.wait_with_output().expect("kubectl's output");
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Installs (server-side applies) the DataJob and ComputePool CRDs, generated from the Rust
 /// types, and waits until both are established.
 pub async fn install_crds(client: &Client) {
