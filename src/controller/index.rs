@@ -72,8 +72,12 @@ impl Inner {
     }
 
     /// Now, or just after the last arrival: arrivals are strictly increasing, in watch order.
+    /// They are whole microseconds, the precision of the `status.arrivedAt` that records them:
+    /// a recorded arrival compares with a noted one as it did before it was recorded (two
+    /// arrivals in one microsecond would otherwise tie, or swap, once one of them is recorded).
     fn next_arrival(&mut self) -> Timestamp {
         let now = Timestamp::now();
+        let now = Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now);
         let at = match self.last_arrival {
             Some(last) if now <= last => last
                 .checked_add(SignedDuration::from_micros(1))
@@ -188,6 +192,7 @@ impl CacheIndex<DataJob> for JobIndex {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher;
     use serde_json::json;
@@ -250,6 +255,12 @@ mod tests {
             .map(|uid| index.arrival(uid).expect("arrived"))
             .collect();
         assert!(arrivals.windows(2).all(|w| w[0] < w[1]), "{arrivals:?}");
+        for arrival in &arrivals {
+            let recorded: MicroTime =
+                serde_json::from_value(serde_json::to_value(MicroTime(*arrival)).expect("encode"))
+                    .expect("decode");
+            assert_eq!(recorded.0, *arrival, "recording an arrival keeps it exact");
+        }
         index.applied(&job("known", "known", Some("p")), false);
         assert_eq!(
             index.arrival("known"),
@@ -258,9 +269,7 @@ mod tests {
         );
         let mut recorded = job("uid-0", "uid-0", Some("p"));
         recorded.status = Some(crate::api::DataJobStatus {
-            arrived_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-                arrivals[0],
-            )),
+            arrived_at: Some(MicroTime(arrivals[0])),
             ..Default::default()
         });
         index.applied(&recorded, false);
