@@ -12,7 +12,9 @@
 //!   until every Job is `Complete` / every DataJob `completed`. Its writes plus the backlog's
 //!   are the lifecycle create -> running -> completed;
 //! - dedicated start and stop: 20 jobs of 33 pods each (`--dedicated 20x32`; see
-//!   [`dedicated`]).
+//!   [`dedicated`]);
+//! - request cost: what one write of each kind costs the API server (`--request-cost ROUNDS`,
+//!   first, while the cluster is quiet; see [`request_cost`]).
 //!
 //! For each: the controller's API writes per object by verb and resource (from the API
 //! server's audit log, `hack/cluster.sh --audit`: user agent `datajob-operator/...` against
@@ -20,8 +22,9 @@
 //! operator's process; for Jobs the whole kube-controller-manager), the operator's peak RSS,
 //! and the ratio DataJob/Job. Medians over `--runs` runs.
 //!
-//! Run with `hack/bench.sh --side-by-side [--sizes 300,1000] [--runs 3] [--dedicated 20x32]`;
-//! `--sizes 0` runs only the dedicated scenario, `--dedicated 0` leaves it out.
+//! Run with `hack/bench.sh --side-by-side [--sizes 300,1000] [--runs 3] [--dedicated 20x32]
+//! [--request-cost 10]`; `--sizes 0` runs only the dedicated scenario, `--dedicated 0` leaves it
+//! out.
 
 // Shared with benches/scale.rs, which uses all of it.
 #[allow(dead_code)]
@@ -31,6 +34,8 @@ mod audit;
 mod cli;
 #[path = "versus/dedicated.rs"]
 mod dedicated;
+#[path = "versus/request_cost.rs"]
+mod request_cost;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -142,6 +147,13 @@ async fn main() {
         operator,
         controller_manager: controller_manager_pid(),
     };
+    // First, while the cluster is quiet: what one write costs ([`request_cost`]).
+    let cost_rounds: usize = cli::arg("--request-cost").map_or(0, |r| {
+        r.parse().expect("--request-cost takes a number of rounds")
+    });
+    if cost_rounds > 0 {
+        bench.request_cost(cost_rounds).await;
+    }
     let mut results: BTreeMap<(usize, Scenario, Kind), Vec<Measure>> = BTreeMap::new();
     for &size in &sizes {
         for run in 1..=runs {
@@ -188,6 +200,9 @@ async fn main() {
                 }
             }
         }
+    }
+    if results.is_empty() {
+        return;
     }
     print_tables(&results, runs);
     let csv = cli::arg("--csv").map_or_else(

@@ -5,10 +5,11 @@
 # cluster down.
 #
 #   hack/bench.sh [--name NAME] [--port-base PORT] [--sizes 100,1000]
-#   hack/bench.sh [--name NAME] [--port-base PORT] --side-by-side [--sizes 300,1000] [--runs 3] [--dedicated 20x32]
+#   hack/bench.sh [--name NAME] [--port-base PORT] --side-by-side [--sizes 300,1000] [--runs 3] [--dedicated 20x32] [--request-cost 10]
 #
 # --side-by-side runs benches/versus.rs instead: batch/v1 Jobs against DataJobs on the same
-# cluster (stream, cancel storm, backlog; dedicated start and stop), with ratios. The API server
+# cluster (stream, cancel storm, backlog; dedicated start and stop; with --request-cost, what
+# one write of each costs the API server), with ratios. The API server
 # keeps an audit log of writes (hack/cluster.sh --audit), from which both benchmarks count writes
 # per job. It also writes the medians to target/bench/versus.csv (or --csv FILE) and draws them
 # beside it (target/bench/versus.png).
@@ -40,14 +41,16 @@ cargo bench --no-run --bench "$BENCH"
 log "starting cluster '$NAME'"
 "${CLUSTER[@]}" up >/dev/null
 eval "$("${CLUSTER[@]}" env)"
+# The side-by-side medians' CSV (--csv, else target/bench/versus.csv), written anew by this run
+# unless it runs no scenario with N objects (only --request-cost).
+csv=target/bench/versus.csv
+for ((i = 0; i + 1 < ${#BENCH_ARGS[@]}; i++)); do
+  [[ ${BENCH_ARGS[i]} == --csv ]] && csv=${BENCH_ARGS[i + 1]}
+done
+[[ $BENCH == versus ]] && rm -f "$csv"
 cargo bench --bench "$BENCH" -- --operator "$ROOT/target/release/datajob-operator" "${BENCH_ARGS[@]}"
-if [[ $BENCH == versus ]]; then
-  # The medians as a PNG beside the CSV (--csv, else target/bench/versus.csv; matplotlib from a
-  # venv: hack/plot-bench.sh).
-  csv=target/bench/versus.csv
-  for ((i = 0; i + 1 < ${#BENCH_ARGS[@]}; i++)); do
-    [[ ${BENCH_ARGS[i]} == --csv ]] && csv=${BENCH_ARGS[i + 1]}
-  done
+if [[ $BENCH == versus && -f $csv ]]; then
+  # The medians as a PNG beside the CSV (matplotlib from a venv: hack/plot-bench.sh).
   png=${csv%.csv}.png
   if hack/plot-bench.sh "$csv" "$png" "Jobs and DataJobs side by side ($(date -u +%F), $(git rev-parse --short HEAD))"; then
     log "plot: $png (medians: $csv)"

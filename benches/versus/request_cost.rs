@@ -1,0 +1,372 @@
+//! What one write costs the API server: a DataJob against a Job, on an otherwise idle cluster
+//! (`--request-cost ROUNDS`; 0 or absent leaves it out).
+//!
+//! Each case is one request, sent `BLOCK` times in a row (keep-alive, dry run: everything the
+//! API server does for a write but the etcd write), in rounds that take the cases in turn (the
+//! CRD's rules removed and put back within each round), so a slow moment of the machine falls
+//! on every case alike. Per case: the median latency of
+//! all its requests, and the median over its blocks of the CPU the API server and etcd used
+//! per request (from /proc; the processes hack/cluster.sh recorded), less what they use when
+//! idle. The reference is the Job's `suspend` patch, the Job side's cancel.
+//!
+//! The cases are the writes of the cancel storm: the client's stop request (Job `suspend`,
+//! DataJob `cancel`, merge patches), the controllers' status write (the Job controller's is a
+//! status update, here a merge patch of `status.ready`; the operator's is a server-side apply
+//! of its whole status, here moving a running job to `pending_cancellation`), and the same
+//! DataJob writes again with the CRD's CEL rules removed (then put back), which shows what
+//! those rules cost.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use datajob_operator::api::{DataJob, DataJobStatus, JobState};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use super::support::{TestNamespace, watch};
+use super::{Bench, PHASE_LIMIT, cpu_seconds, datajob_manifest, job_manifest, job_running};
+
+/// The name of the Job and of the DataJob the requests write to.
+const NAME: &str = "cost";
+/// Requests per case in one block.
+const BLOCK: usize = 100;
+/// How long the control plane's idle CPU is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// The operator's field manager for status (as `controller::kube_util` applies it).
+const STATUS_MANAGER: &str = "datajob-operator";
+
+/// One measured request.
+#[derive(Clone, Copy, PartialEq)]
+enum Case {
+    JobSuspend,
+    JobStatus,
+    DataJobCancel,
+    DataJobStatus,
+    DataJobCancelNoRules,
+    DataJobStatusNoRules,
+}
+
+/// Every case, in the order of the table.
+const CASES: [Case; 6] = [
+    Case::JobSuspend,
+    Case::JobStatus,
+    Case::DataJobCancel,
+    Case::DataJobStatus,
+    Case::DataJobCancelNoRules,
+    Case::DataJobStatusNoRules,
+];
+
+impl Case {
+    /// Whether the case needs the DataJob CRD with its CEL rules (Some(true)), without them
+    /// (Some(false)), or does not write DataJobs (None: measured with both).
+    fn needs_rules(self) -> Option<bool> {
+        match self {
+            Case::JobSuspend | Case::JobStatus => None,
+            Case::DataJobCancel | Case::DataJobStatus => Some(true),
+            Case::DataJobCancelNoRules | Case::DataJobStatusNoRules => Some(false),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Case::JobSuspend => "Job: `suspend` merge patch (reference)",
+            Case::JobStatus => "Job: status merge patch",
+            Case::DataJobCancel => "DataJob: `cancel` merge patch",
+            Case::DataJobStatus => "DataJob: status server-side apply",
+            Case::DataJobCancelNoRules => "DataJob without CEL rules: `cancel` merge patch",
+            Case::DataJobStatusNoRules => "DataJob without CEL rules: status server-side apply",
+        }
+    }
+}
+
+/// What one case measured.
+#[derive(Default)]
+struct Costs {
+    latencies: Vec<Duration>,
+    cpu_ms_per_request: Vec<f64>,
+}
+
+/// The objects the cases write to, as they are in a cancel storm's first moment.
+struct Targets {
+    jobs: Api<Job>,
+    datajobs: Api<DataJob>,
+    /// The status the operator applies when it sees the cancel request.
+    pending_cancellation: Value,
+}
+
+impl Bench {
+    /// Measures the cases in `rounds` rounds and prints the table.
+    pub(super) async fn request_cost(&self, rounds: usize) {
+        let namespace = TestNamespace::new(&self.client, "cost").await;
+        let targets = self.targets(namespace.name()).await;
+        let processes = Processes::find().await;
+        eprintln!(
+            "request cost: kube-apiserver and etcd use {:.1} ms of CPU a second when idle",
+            processes.idle * 1000.0
+        );
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let with_rules = crds.get("datajobs.datajob.dev").await.expect("DataJob CRD");
+        let without_rules = strip_rules(&with_rules);
+        let mut costs: Vec<(Case, Costs)> =
+            CASES.iter().map(|&case| (case, Costs::default())).collect();
+        for round in 1..=rounds {
+            eprintln!("request cost: round {round}/{rounds}");
+            // Every round takes each case once, with the CRD's rules and without them.
+            for rules in [true, false] {
+                if !rules {
+                    set_rules(&crds, &targets, without_rules.clone(), false).await;
+                }
+                for (case, costs) in &mut costs {
+                    if case.needs_rules() != Some(!rules) {
+                        targets.block(*case, &processes, costs).await;
+                    }
+                }
+                if !rules {
+                    set_rules(&crds, &targets, with_rules.clone(), true).await;
+                }
+            }
+        }
+        print_costs(&costs, rounds);
+        // The DataJob keeps its finalizer until an operator releases it.
+        let _operator = self.start_operator(namespace.name());
+        self.clean_up(namespace).await;
+    }
+
+    /// A running Job and a running DataJob (the operator started it, then stopped).
+    async fn targets(&self, namespace: &str) -> Targets {
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), namespace);
+        let datajobs: Api<DataJob> = Api::namespaced(self.client.clone(), namespace);
+        jobs.create(&PostParams::default(), &job_manifest(NAME, false))
+            .await
+            .expect("create Job");
+        datajobs
+            .create(&PostParams::default(), &datajob_manifest(NAME))
+            .await
+            .expect("create DataJob");
+        let operator = self.start_operator(namespace);
+        watch::wait_for(&jobs, NAME, PHASE_LIMIT, job_running).await;
+        let running = watch::wait_for(&datajobs, NAME, PHASE_LIMIT, |j: &DataJob| {
+            j.status.as_ref().and_then(|s| s.state) == Some(JobState::Running)
+        })
+        .await;
+        drop(operator);
+        let mut status: DataJobStatus = running.status.clone().expect("a running job's status");
+        status.state = Some(JobState::PendingCancellation);
+        for condition in &mut status.conditions {
+            condition.reason = "PendingCancellation".to_string();
+            condition.message = "waiting for the executor pods to terminate".to_string();
+        }
+        let pending_cancellation = json!({
+            "apiVersion": DataJob::api_version(&()),
+            "kind": DataJob::kind(&()),
+            "metadata": { "name": running.name_any(), "namespace": namespace },
+            "status": status,
+        });
+        Targets {
+            jobs,
+            datajobs,
+            pending_cancellation,
+        }
+    }
+}
+
+impl Targets {
+    /// Sends `BLOCK` requests of `case` in a row; records their latencies and the CPU per
+    /// request that `processes` used meanwhile.
+    /// `idle` is what they use per second without requests (kwok's node heartbeats, the
+    /// controllers' watches), subtracted.
+    async fn block(&self, case: Case, processes: &Processes, costs: &mut Costs) {
+        let before = processes.cpu();
+        let started = Instant::now();
+        for _ in 0..BLOCK {
+            let start = Instant::now();
+            self.send(case).await;
+            costs.latencies.push(start.elapsed());
+        }
+        let used = processes.cpu() - before - processes.idle * started.elapsed().as_secs_f64();
+        costs.cpu_ms_per_request.push(used * 1000.0 / BLOCK as f64);
+    }
+
+    async fn send(&self, case: Case) {
+        let merge = PatchParams {
+            dry_run: true,
+            ..PatchParams::default()
+        };
+        let result = match case {
+            Case::JobSuspend => self
+                .jobs
+                .patch(
+                    NAME,
+                    &merge,
+                    &Patch::Merge(json!({ "spec": { "suspend": true } })),
+                )
+                .await
+                .map(drop),
+            Case::JobStatus => self
+                .jobs
+                .patch_status(
+                    NAME,
+                    &merge,
+                    &Patch::Merge(json!({ "status": { "ready": 0 } })),
+                )
+                .await
+                .map(drop),
+            Case::DataJobCancel | Case::DataJobCancelNoRules => self
+                .datajobs
+                .patch(
+                    NAME,
+                    &merge,
+                    &Patch::Merge(json!({ "spec": { "cancel": true } })),
+                )
+                .await
+                .map(drop),
+            Case::DataJobStatus | Case::DataJobStatusNoRules => {
+                let mut apply = PatchParams::apply(STATUS_MANAGER).force();
+                apply.dry_run = true;
+                self.datajobs
+                    .patch_status(NAME, &apply, &Patch::Apply(&self.pending_cancellation))
+                    .await
+                    .map(drop)
+            }
+        };
+        if let Err(error) = result {
+            panic!("{}: {error}", case.label());
+        }
+    }
+
+    /// Whether the API server enforces the CRD's rules now: a dry-run change of the immutable
+    /// `spec.dataPlane` is refused.
+    async fn enforces_rules(&self) -> bool {
+        let params = PatchParams {
+            dry_run: true,
+            ..PatchParams::default()
+        };
+        let change = json!({ "spec": { "dataPlane": "dp-other" } });
+        self.datajobs
+            .patch(NAME, &params, &Patch::Merge(change))
+            .await
+            .is_err()
+    }
+}
+
+/// The DataJob CRD without its `x-kubernetes-validations` rules.
+fn strip_rules(crd: &CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                map.remove("x-kubernetes-validations");
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(crd).expect("CRD as JSON");
+    strip(&mut value);
+    serde_json::from_value(value).expect("CRD from JSON")
+}
+
+/// Replaces the DataJob CRD's spec with `crd`'s and waits until the API server serves it
+/// (enforcing the rules or not, as `rules` says).
+async fn set_rules(
+    crds: &Api<CustomResourceDefinition>,
+    targets: &Targets,
+    crd: CustomResourceDefinition,
+    rules: bool,
+) {
+    let mut current = crds.get(&crd.name_any()).await.expect("DataJob CRD");
+    current.spec = crd.spec;
+    crds.replace(&current.name_any(), &PostParams::default(), &current)
+        .await
+        .expect("replace the DataJob CRD");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while targets.enforces_rules().await != rules {
+        assert!(
+            Instant::now() < deadline,
+            "the API server did not pick up the DataJob CRD change within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// kube-apiserver and etcd: the pids hack/cluster.sh recorded (beside the audit log), and the
+/// CPU they use per second when no request is sent.
+struct Processes {
+    pids: Vec<u32>,
+    idle: f64,
+}
+
+impl Processes {
+    /// Finds the processes and measures their idle CPU over `IDLE_WINDOW`.
+    async fn find() -> Self {
+        let log = PathBuf::from(
+            std::env::var_os("DATAJOB_AUDIT_LOG")
+                .expect("DATAJOB_AUDIT_LOG (hack/bench.sh sets it)"),
+        );
+        let folder = log
+            .parent()
+            .expect("the cluster's state folder")
+            .join("pids");
+        let pids = ["kube-apiserver", "etcd"]
+            .iter()
+            .map(|name| {
+                let file = folder.join(format!("{name}.pid"));
+                std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|pid| pid.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no pid in {}", file.display()))
+            })
+            .collect();
+        let mut processes = Processes { pids, idle: 0.0 };
+        let before = processes.cpu();
+        tokio::time::sleep(IDLE_WINDOW).await;
+        processes.idle = (processes.cpu() - before) / IDLE_WINDOW.as_secs_f64();
+        processes
+    }
+
+    /// CPU seconds they used so far.
+    fn cpu(&self) -> f64 {
+        self.pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+    }
+}
+
+fn print_costs(costs: &[(Case, Costs)], rounds: usize) {
+    let reference = costs
+        .iter()
+        .find(|(case, _)| *case == Case::JobSuspend)
+        .map(|(_, c)| {
+            (
+                median_ms(&c.latencies),
+                super::median(c.cpu_ms_per_request.clone()),
+            )
+        })
+        .expect("the reference case ran");
+    println!();
+    println!(
+        "What one write costs the API server (dry run, {BLOCK} requests in a row per block, \
+         {rounds} blocks per case and CRD; ratio against the Job's `suspend` patch)"
+    );
+    println!();
+    println!(
+        "| request | N | median latency ms (ratio) | API server + etcd CPU ms per request, median of blocks (ratio) |"
+    );
+    println!("|---|---|---|---|");
+    for (case, c) in costs {
+        let latency = median_ms(&c.latencies);
+        let cpu = super::median(c.cpu_ms_per_request.clone());
+        println!(
+            "| {} | {} | {latency:.2} ({:.2}) | {cpu:.2} ({:.2}) |",
+            case.label(),
+            c.latencies.len(),
+            latency / reference.0,
+            cpu / reference.1,
+        );
+    }
+}
+
+fn median_ms(values: &[Duration]) -> f64 {
+    super::median(values.iter().map(|d| d.as_secs_f64() * 1000.0).collect())
+}
