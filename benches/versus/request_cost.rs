@@ -12,17 +12,22 @@
 //! The cases are the writes of the cancel storm: the client's stop request (Job `suspend`,
 //! DataJob `cancel`, merge patches), the controllers' status write (the Job controller's is a
 //! status update, here a merge patch of `status.ready`; the operator's is a server-side apply
-//! of its whole status, here moving a running job to `pending_cancellation`), and the same
-//! DataJob writes again with the CRD's CEL rules removed (then put back), which shows what
-//! those rules cost.
+//! of its whole status, here moving a running job to `pending_cancellation`), the status
+//! apply of a DataJob whose status is smaller (what trimming the conditions would buy), and
+//! the same DataJob writes again with the CRD's CEL rules removed (then put back), which shows
+//! what those rules cost; and the writes both sides make for each job's pod and events (a pod
+//! created, deleted, its finalizer removed; an Event created).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use datajob_operator::api::{DataJob, DataJobStatus, JobState};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -31,6 +36,12 @@ use super::{Bench, PHASE_LIMIT, cpu_seconds, datajob_manifest, job_manifest, job
 
 /// The name of the Job and of the DataJob the requests write to.
 const NAME: &str = "cost";
+/// The DataJob whose status is the smaller one.
+const SMALL: &str = "cost-small";
+/// The pod the pod cases write to: it holds a finalizer, as a driver pod holds its result.
+const POD: &str = "cost-pod";
+/// The finalizer it holds (the operator's result finalizer).
+const POD_FINALIZER: &str = "datajob.dev/result";
 /// Requests per case in one block.
 const BLOCK: usize = 100;
 /// How long the control plane's idle CPU is measured.
@@ -45,18 +56,28 @@ enum Case {
     JobStatus,
     DataJobCancel,
     DataJobStatus,
+    DataJobStatusSmall,
     DataJobCancelNoRules,
     DataJobStatusNoRules,
+    PodCreate,
+    PodDelete,
+    PodFinalizerRemoval,
+    EventCreate,
 }
 
 /// Every case, in the order of the table.
-const CASES: [Case; 6] = [
+const CASES: [Case; 11] = [
     Case::JobSuspend,
     Case::JobStatus,
     Case::DataJobCancel,
     Case::DataJobStatus,
+    Case::DataJobStatusSmall,
     Case::DataJobCancelNoRules,
     Case::DataJobStatusNoRules,
+    Case::PodCreate,
+    Case::PodDelete,
+    Case::PodFinalizerRemoval,
+    Case::EventCreate,
 ];
 
 impl Case {
@@ -65,7 +86,11 @@ impl Case {
     fn needs_rules(self) -> Option<bool> {
         match self {
             Case::JobSuspend | Case::JobStatus => None,
-            Case::DataJobCancel | Case::DataJobStatus => Some(true),
+            Case::DataJobCancel | Case::DataJobStatus | Case::DataJobStatusSmall => Some(true),
+            // Writes both sides make: once a round.
+            Case::PodCreate | Case::PodDelete | Case::PodFinalizerRemoval | Case::EventCreate => {
+                Some(true)
+            }
             Case::DataJobCancelNoRules | Case::DataJobStatusNoRules => Some(false),
         }
     }
@@ -76,8 +101,16 @@ impl Case {
             Case::JobStatus => "Job: status merge patch",
             Case::DataJobCancel => "DataJob: `cancel` merge patch",
             Case::DataJobStatus => "DataJob: status server-side apply",
+            Case::DataJobStatusSmall => {
+                "DataJob: status server-side apply, smaller (conditions without observedGeneration, \
+                 the False ones without message)"
+            }
             Case::DataJobCancelNoRules => "DataJob without CEL rules: `cancel` merge patch",
             Case::DataJobStatusNoRules => "DataJob without CEL rules: status server-side apply",
+            Case::PodCreate => "both: Pod create",
+            Case::PodDelete => "both: Pod delete (graceful)",
+            Case::PodFinalizerRemoval => "both: Pod finalizer removal (merge patch)",
+            Case::EventCreate => "both: Event create (events.k8s.io/v1)",
         }
     }
 }
@@ -95,6 +128,44 @@ struct Targets {
     datajobs: Api<DataJob>,
     /// The status the operator applies when it sees the cancel request.
     pending_cancellation: Value,
+    /// The same, smaller ([`smaller`]), for the other DataJob.
+    pending_cancellation_small: Value,
+    pods: Api<Pod>,
+    events: Api<Event>,
+    /// A reference to the DataJob, for events about it.
+    regarding: ObjectReference,
+}
+
+/// What the operator decides for a running job whose cancel request it sees.
+fn pending_cancellation(mut status: DataJobStatus) -> DataJobStatus {
+    status.state = Some(JobState::PendingCancellation);
+    for condition in &mut status.conditions {
+        condition.reason = "PendingCancellation".to_string();
+        condition.message = "waiting for the executor pods to terminate".to_string();
+    }
+    status
+}
+
+/// `status` with conditions that carry no `observedGeneration` (the status has one) and no
+/// message when False.
+fn smaller(mut status: DataJobStatus) -> DataJobStatus {
+    for condition in &mut status.conditions {
+        condition.observed_generation = None;
+        if !condition.is_true() {
+            condition.message.clear();
+        }
+    }
+    status
+}
+
+/// A server-side apply of `status` to the DataJob `name`.
+fn status_apply(name: &str, namespace: &str, status: DataJobStatus) -> Value {
+    json!({
+        "apiVersion": DataJob::api_version(&()),
+        "kind": DataJob::kind(&()),
+        "metadata": { "name": name, "namespace": namespace },
+        "status": status,
+    })
 }
 
 impl Bench {
@@ -130,6 +201,7 @@ impl Bench {
             }
         }
         print_costs(&costs, rounds);
+        targets.release_pod().await;
         // The DataJob keeps its finalizer until an operator releases it.
         let _operator = self.start_operator(namespace.name());
         self.clean_up(namespace).await;
@@ -153,22 +225,38 @@ impl Bench {
         })
         .await;
         drop(operator);
-        let mut status: DataJobStatus = running.status.clone().expect("a running job's status");
-        status.state = Some(JobState::PendingCancellation);
-        for condition in &mut status.conditions {
-            condition.reason = "PendingCancellation".to_string();
-            condition.message = "waiting for the executor pods to terminate".to_string();
-        }
-        let pending_cancellation = json!({
-            "apiVersion": DataJob::api_version(&()),
-            "kind": DataJob::kind(&()),
-            "metadata": { "name": running.name_any(), "namespace": namespace },
-            "status": status,
-        });
+        let status: DataJobStatus = running.status.clone().expect("a running job's status");
+        // A second DataJob holds the smaller form of the same status, written as the operator
+        // writes it.
+        datajobs
+            .create(&PostParams::default(), &datajob_manifest(SMALL))
+            .await
+            .expect("create DataJob");
+        datajobs
+            .patch_status(
+                SMALL,
+                &PatchParams::apply(STATUS_MANAGER).force(),
+                &Patch::Apply(status_apply(SMALL, namespace, smaller(status.clone()))),
+            )
+            .await
+            .expect("write the smaller status");
+        let pending_cancellation = pending_cancellation(status);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        pods.create(&PostParams::default(), &pod(POD, true))
+            .await
+            .expect("create Pod");
         Targets {
+            pods,
+            events: Api::namespaced(self.client.clone(), namespace),
+            regarding: running.object_ref(&()),
             jobs,
             datajobs,
-            pending_cancellation,
+            pending_cancellation: status_apply(NAME, namespace, pending_cancellation.clone()),
+            pending_cancellation_small: status_apply(
+                SMALL,
+                namespace,
+                smaller(pending_cancellation),
+            ),
         }
     }
 }
@@ -194,6 +282,10 @@ impl Targets {
         let merge = PatchParams {
             dry_run: true,
             ..PatchParams::default()
+        };
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
         };
         let result = match case {
             Case::JobSuspend => self
@@ -223,18 +315,80 @@ impl Targets {
                 )
                 .await
                 .map(drop),
-            Case::DataJobStatus | Case::DataJobStatusNoRules => {
+            Case::DataJobStatus | Case::DataJobStatusNoRules | Case::DataJobStatusSmall => {
                 let mut apply = PatchParams::apply(STATUS_MANAGER).force();
                 apply.dry_run = true;
+                let (name, body) = if case == Case::DataJobStatusSmall {
+                    (SMALL, &self.pending_cancellation_small)
+                } else {
+                    (NAME, &self.pending_cancellation)
+                };
                 self.datajobs
-                    .patch_status(NAME, &apply, &Patch::Apply(&self.pending_cancellation))
+                    .patch_status(name, &apply, &Patch::Apply(body))
                     .await
                     .map(drop)
             }
+            Case::PodCreate => self
+                .pods
+                .create(&dry_run, &pod("cost-pod-new", false))
+                .await
+                .map(drop),
+            Case::PodDelete => self
+                .pods
+                .delete(
+                    POD,
+                    &DeleteParams {
+                        dry_run: true,
+                        ..DeleteParams::default()
+                    },
+                )
+                .await
+                .map(drop),
+            Case::PodFinalizerRemoval => self
+                .pods
+                .patch(
+                    POD,
+                    &merge,
+                    &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+                )
+                .await
+                .map(drop),
+            Case::EventCreate => self.events.create(&dry_run, &self.event()).await.map(drop),
         };
         if let Err(error) = result {
             panic!("{}: {error}", case.label());
         }
+    }
+
+    /// An event about the DataJob, as the operator publishes one.
+    fn event(&self) -> Event {
+        Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{NAME}.cost")),
+                ..ObjectMeta::default()
+            },
+            action: Some("Reconcile".to_string()),
+            reason: Some("CancellationRequested".to_string()),
+            note: Some("cancellation requested; tearing down 1 executor pod(s)".to_string()),
+            type_: Some("Normal".to_string()),
+            event_time: Some(MicroTime(jiff::Timestamp::now())),
+            regarding: Some(self.regarding.clone()),
+            reporting_controller: Some("datajob.dev/operator".to_string()),
+            reporting_instance: Some("datajob-operator-bench".to_string()),
+            ..Event::default()
+        }
+    }
+
+    /// Lets the pod go (its finalizer would keep the namespace).
+    async fn release_pod(&self) {
+        self.pods
+            .patch(
+                POD,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+            )
+            .await
+            .expect("remove the pod's finalizer");
     }
 
     /// Whether the API server enforces the CRD's rules now: a dry-run change of the immutable
@@ -250,6 +404,24 @@ impl Targets {
             .await
             .is_err()
     }
+}
+
+/// A one-container pod (on no node: the cases do not need it to run), holding the result
+/// finalizer when `finalizer`.
+fn pod(name: &str, finalizer: bool) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "finalizers": if finalizer { vec![POD_FINALIZER] } else { Vec::new() },
+        },
+        "spec": {
+            "nodeSelector": { "datajob.dev/bench": "no-such-node" },
+            "containers": [{ "name": "main", "image": "registry.example/job:bench" }],
+        },
+    }))
+    .expect("pod manifest")
 }
 
 /// The DataJob CRD without its `x-kubernetes-validations` rules.
