@@ -24,6 +24,8 @@
 # when `up` restarts a stopped API server.
 # DATAJOB_APISERVER_PROFILING=true serves the API server's /debug/pprof (for finding where its
 # CPU goes under a benchmark: kubectl get --raw '/debug/pprof/profile?seconds=20').
+# DATAJOB_KCM_QPS and DATAJOB_KCM_BURST set kube-controller-manager's client rate limit
+# (default 200 requests a second, burst 400; each controller has its own), for benchmarks.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 
@@ -343,8 +345,8 @@ cmd_up() {
     --cluster-signing-cert-file="$PKI/ca.crt" \
     --cluster-signing-key-file="$PKI/ca.key" \
     --service-cluster-ip-range=10.0.0.0/24 \
-    --kube-api-qps=200 \
-    --kube-api-burst=400 \
+    --kube-api-qps="${DATAJOB_KCM_QPS:-200}" \
+    --kube-api-burst="${DATAJOB_KCM_BURST:-400}" \
     --profiling=false
   start kube-scheduler "$BIN_KUBE_SCHEDULER" \
     --kubeconfig="$STATE/kube-scheduler.kubeconfig" \
