@@ -81,8 +81,8 @@ const CASES: [Case; 11] = [
 ];
 
 impl Case {
-    /// Whether the case needs the DataJob CRD with its CEL rules (Some(true)), without them
-    /// (Some(false)), or does not write DataJobs (None: measured with both).
+    /// The half of a round the case runs in: with the DataJob CRD's CEL rules (Some(true)),
+    /// without them (Some(false)), or in both (None: the reference, measured beside each).
     fn needs_rules(self) -> Option<bool> {
         match self {
             Case::JobSuspend | Case::JobStatus => None,
