@@ -10,8 +10,9 @@
 # --side-by-side runs benches/versus.rs instead: batch/v1 Jobs against DataJobs on the same
 # cluster (stream, cancel storm, backlog; dedicated start and stop; with --request-cost, what
 # one write of each costs the API server), with ratios. The API server keeps an audit log of
-# writes (hack/cluster.sh --audit), from which both benchmarks count writes per job. It also writes the medians to target/bench/versus.csv (or --csv FILE) and draws them
-# beside it (target/bench/versus.png).
+# writes (hack/cluster.sh --audit), from which both benchmarks count writes per job. It also
+# writes the medians to target/bench/versus.csv (or --csv FILE) and draws them beside it
+# (target/bench/versus.png).
 # DATAJOB_BENCH_CLUSTER names the cluster too; DATAJOB_BENCH_NODES fake nodes (default 30).
 # Other arguments go to the benchmark.
 set -euo pipefail
@@ -25,7 +26,7 @@ BENCH=scale
 BENCH_ARGS=()
 bench_option() {
   case $1 in
-    -h | --help) usage 15; exit 0 ;;
+    -h | --help) usage 17; exit 0 ;;
     --side-by-side) BENCH=versus; OPTION_ARGS=1 ;;
     *) BENCH_ARGS+=("$1"); OPTION_ARGS=1 ;;
   esac
