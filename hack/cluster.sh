@@ -51,15 +51,15 @@ cluster_sh_option() {
     --nodes=*) NODES=${1#*=} ;;
     --real-node) REAL_NODE=1 ;;
     --audit) AUDIT=1 ;;
-    -h | --help) bad_usage 24 ;;
+    -h | --help) bad_usage 28 ;;
     up | down | env | status)
-      [[ -z $CMD ]] || bad_usage 24
+      [[ -z $CMD ]] || bad_usage 28
       CMD=$1 ;;
-    *) log "unknown argument: $1"; bad_usage 24 ;;
+    *) log "unknown argument: $1"; bad_usage 28 ;;
   esac
 }
 parse_options cluster_sh_option "$@"
-[[ -n $CMD ]] || bad_usage 24
+[[ -n $CMD ]] || bad_usage 28
 check_name
 [[ $NODES =~ ^[0-9]+$ ]] || die "--nodes must be a number"
 
