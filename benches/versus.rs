@@ -116,6 +116,8 @@ struct Measure {
     per_object: Vec<Duration>,
     writes: Writes,
     cpu_seconds: f64,
+    /// CPU seconds kube-apiserver and etcd used meanwhile (for everyone's requests).
+    control_plane_cpu: f64,
     peak_rss_kib: u64,
 }
 
@@ -145,7 +147,11 @@ async fn main() {
         client,
         audit,
         operator,
-        controller_manager: controller_manager_pid(),
+        controller_manager: recorded_pid("kube-controller-manager"),
+        control_plane: ["kube-apiserver", "etcd"]
+            .iter()
+            .map(|name| recorded_pid(name).unwrap_or_else(|| panic!("no recorded pid of {name}")))
+            .collect(),
     };
     // First, while the cluster is quiet: what one write costs ([`request_cost`]).
     let cost_rounds: usize = cli::arg("--request-cost").map_or(0, |r| {
@@ -216,7 +222,7 @@ async fn main() {
 /// hack/plot-bench.sh.
 fn write_csv(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, path: &std::path::Path) {
     let mut out = String::from(
-        "n,scenario,kind,runs,client_s,wall_s,p50_ms,p99_ms,writes,conflicts,cpu_s,rss_mib\n",
+        "n,scenario,kind,runs,client_s,wall_s,p50_ms,p99_ms,writes,conflicts,cpu_s,rss_mib,control_plane_cpu_s\n",
     );
     for ((size, scenario, kind), measures) in results {
         let actor = match kind {
@@ -225,7 +231,7 @@ fn write_csv(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, path: &s
         };
         let r = row(measures, actor, *size);
         out.push_str(&format!(
-            "{size},{},{kind:?},{},{:.3},{:.3},{:.1},{:.1},{:.3},{:.3},{:.2},{:.1}\n",
+            "{size},{},{kind:?},{},{:.3},{:.3},{:.1},{:.1},{:.3},{:.3},{:.2},{:.1},{:.2}\n",
             scenario.name(),
             measures.len(),
             r.client_s,
@@ -235,7 +241,8 @@ fn write_csv(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, path: &s
             r.writes,
             r.conflicts,
             r.cpu_s,
-            r.rss_mib
+            r.rss_mib,
+            r.control_plane_cpu_s
         ));
     }
     let written = path
@@ -253,15 +260,14 @@ struct Bench {
     audit: AuditLog,
     operator: String,
     controller_manager: Option<u32>,
+    /// kube-apiserver's and etcd's pids.
+    control_plane: Vec<u32>,
 }
 
-/// kube-controller-manager's pid, recorded by hack/cluster.sh beside the audit log.
-fn controller_manager_pid() -> Option<u32> {
+/// The pid hack/cluster.sh recorded for the cluster's component `name` (beside the audit log).
+fn recorded_pid(name: &str) -> Option<u32> {
     let log = PathBuf::from(std::env::var_os("DATAJOB_AUDIT_LOG")?);
-    let pid = log
-        .parent()?
-        .join("pids")
-        .join("kube-controller-manager.pid");
+    let pid = log.parent()?.join("pids").join(format!("{name}.pid"));
     std::fs::read_to_string(pid).ok()?.trim().parse().ok()
 }
 
@@ -493,6 +499,7 @@ impl Bench {
     ) -> Measure {
         let mark = self.audit.mark();
         let cpu = self.controller_cpu(phase.kind, phase.operator);
+        let control_plane = self.control_plane_cpu();
         let start = Instant::now();
         let requested = requests.await;
         let client = start.elapsed();
@@ -504,8 +511,14 @@ impl Bench {
             per_object: latencies(phase.names, &requested, &reached),
             writes: self.audit.writes_since(mark, phase.namespace).await,
             cpu_seconds: self.controller_cpu(phase.kind, phase.operator) - cpu,
+            control_plane_cpu: self.control_plane_cpu() - control_plane,
             peak_rss_kib: phase.operator.map_or(0, Operator::peak_rss_kib),
         }
+    }
+
+    /// CPU seconds kube-apiserver and etcd used so far.
+    fn control_plane_cpu(&self) -> f64 {
+        self.control_plane.iter().map(|&pid| cpu_seconds(pid)).sum()
     }
 
     fn start_operator(&self, namespace: &str) -> Operator {
@@ -611,6 +624,7 @@ impl Bench {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let mark = self.audit.mark();
         let cpu_before = self.controller_cpu(kind, None);
+        let control_plane = self.control_plane_cpu();
         let start = Instant::now();
         let (operator, client) = match kind {
             Kind::Job => {
@@ -636,6 +650,7 @@ impl Bench {
             per_object: latencies(&names, &starts, &reached),
             writes: self.audit.writes_since(mark, &ns).await,
             cpu_seconds: cpu,
+            control_plane_cpu: self.control_plane_cpu() - control_plane,
             peak_rss_kib: operator.as_ref().map_or(0, Operator::peak_rss_kib),
         };
         running_watch.abort();
@@ -760,6 +775,7 @@ struct Row {
     writes: f64,
     conflicts: f64,
     cpu_s: f64,
+    control_plane_cpu_s: f64,
     rss_mib: f64,
 }
 
@@ -774,6 +790,7 @@ fn row(measures: &[Measure], actor: &str, size: usize) -> Row {
         writes: m(&|x| x.writes.total(actor) as f64 / n),
         conflicts: m(&|x| x.writes.conflicts(actor) as f64 / n),
         cpu_s: m(&|x| x.cpu_seconds),
+        control_plane_cpu_s: m(&|x| x.control_plane_cpu),
         rss_mib: m(&|x| x.peak_rss_kib as f64 / 1024.0),
     }
 }
@@ -785,9 +802,9 @@ fn print_tables(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, runs:
     );
     println!();
     println!(
-        "| N | scenario | client s Job / DataJob | all done s Job / DataJob (ratio) | p50 ms Job / DataJob | p99 ms Job / DataJob (ratio) | controller writes/object Job / DataJob (ratio) | 409s/object Job / DataJob | controller CPU s Job (whole KCM) / DataJob | operator peak RSS MiB |"
+        "| N | scenario | client s Job / DataJob | all done s Job / DataJob (ratio) | p50 ms Job / DataJob | p99 ms Job / DataJob (ratio) | controller writes/object Job / DataJob (ratio) | 409s/object Job / DataJob | controller CPU s Job (whole KCM) / DataJob | API server + etcd CPU s Job / DataJob (ratio) | operator peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut breakdowns = Vec::new();
     let cells: BTreeSet<(usize, Scenario)> = results.keys().map(|&(n, s, _)| (n, s)).collect();
     let empty = Vec::new();
@@ -802,7 +819,7 @@ fn print_tables(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, runs:
         let j = row(measures, JOB_CONTROLLER, *size);
         let d = row(ours, OPERATOR, *size);
         println!(
-            "| {size} | {} | {:.1} / {:.1} | {:.1} / {:.1} ({:.2}) | {:.0} / {:.0} | {:.0} / {:.0} ({:.2}) | {:.2} / {:.2} ({:.2}) | {:.2} / {:.2} | {:.1} / {:.1} | {:.1} |",
+            "| {size} | {} | {:.1} / {:.1} | {:.1} / {:.1} ({:.2}) | {:.0} / {:.0} | {:.0} / {:.0} ({:.2}) | {:.2} / {:.2} ({:.2}) | {:.2} / {:.2} | {:.1} / {:.1} | {:.1} / {:.1} ({:.2}) | {:.1} |",
             scenario.name(),
             j.client_s,
             d.client_s,
@@ -821,6 +838,9 @@ fn print_tables(results: &BTreeMap<(usize, Scenario, Kind), Vec<Measure>>, runs:
             d.conflicts,
             j.cpu_s,
             d.cpu_s,
+            j.control_plane_cpu_s,
+            d.control_plane_cpu_s,
+            d.control_plane_cpu_s / j.control_plane_cpu_s,
             d.rss_mib,
         );
         // The first run's writes by verb and resource.

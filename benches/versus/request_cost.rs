@@ -18,7 +18,6 @@
 //! what those rules cost; and the writes both sides make for each job's pod and events (a pod
 //! created, deleted, its finalizer removed; an Event created).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use datajob_operator::api::{DataJob, DataJobStatus, JobState};
@@ -173,7 +172,7 @@ impl Bench {
     pub(super) async fn request_cost(&self, rounds: usize) {
         let namespace = TestNamespace::new(&self.client, "cost").await;
         let targets = self.targets(namespace.name()).await;
-        let processes = Processes::find().await;
+        let processes = Processes::measure(self.control_plane.clone()).await;
         eprintln!(
             "request cost: kube-apiserver and etcd use {:.1} ms of CPU a second when idle",
             processes.idle * 1000.0
@@ -464,34 +463,16 @@ async fn set_rules(
     }
 }
 
-/// kube-apiserver and etcd: the pids hack/cluster.sh recorded (beside the audit log), and the
-/// CPU they use per second when no request is sent.
+/// kube-apiserver and etcd (their pids), and the CPU they use per second when no request is
+/// sent.
 struct Processes {
     pids: Vec<u32>,
     idle: f64,
 }
 
 impl Processes {
-    /// Finds the processes and measures their idle CPU over `IDLE_WINDOW`.
-    async fn find() -> Self {
-        let log = PathBuf::from(
-            std::env::var_os("DATAJOB_AUDIT_LOG")
-                .expect("DATAJOB_AUDIT_LOG (hack/bench.sh sets it)"),
-        );
-        let folder = log
-            .parent()
-            .expect("the cluster's state folder")
-            .join("pids");
-        let pids = ["kube-apiserver", "etcd"]
-            .iter()
-            .map(|name| {
-                let file = folder.join(format!("{name}.pid"));
-                std::fs::read_to_string(&file)
-                    .ok()
-                    .and_then(|pid| pid.trim().parse().ok())
-                    .unwrap_or_else(|| panic!("no pid in {}", file.display()))
-            })
-            .collect();
+    /// Measures the idle CPU of the processes `pids` over `IDLE_WINDOW`.
+    async fn measure(pids: Vec<u32>) -> Self {
         let mut processes = Processes { pids, idle: 0.0 };
         let before = processes.cpu();
         tokio::time::sleep(IDLE_WINDOW).await;
