@@ -521,6 +521,15 @@ impl Bench {
         self.control_plane.iter().map(|&pid| cpu_seconds(pid)).sum()
     }
 
+    /// What kube-apiserver and etcd use per second (CPU seconds) while no request is sent,
+    /// over 10 s.
+    async fn idle_control_plane_cpu(&self) -> f64 {
+        const WINDOW: Duration = Duration::from_secs(10);
+        let before = self.control_plane_cpu();
+        tokio::time::sleep(WINDOW).await;
+        (self.control_plane_cpu() - before) / WINDOW.as_secs_f64()
+    }
+
     fn start_operator(&self, namespace: &str) -> Operator {
         // DATAJOB_BENCH_CONCURRENCY=<n> tries another --concurrency (default 32).
         let concurrency =

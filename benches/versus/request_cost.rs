@@ -12,7 +12,8 @@
 //! The cases are the writes of the cancel storm: the client's stop request (Job `suspend`,
 //! DataJob `cancel`, merge patches), the controllers' status write (the Job controller's is a
 //! status update, here a merge patch of `status.ready`; the operator's is a server-side apply
-//! of its whole status, here moving a running job to `pending_cancellation`), the status
+//! of its whole status, here the `pending_cancellation` that `domain::decide` decides for a
+//! running job, and its Event as the operator publishes it), the status
 //! apply of a DataJob whose status is smaller (what trimming the conditions would buy), and
 //! the same DataJob writes again with the CRD's CEL rules removed (then put back), which shows
 //! what those rules cost; and the writes both sides make for each job's pod and events (a pod
@@ -20,18 +21,24 @@
 
 use std::time::{Duration, Instant};
 
+use std::fmt::Debug;
+
+use datajob_operator::OPERATOR_NAME;
 use datajob_operator::api::{DataJob, DataJobStatus, JobState};
+use datajob_operator::controller::datajob::observe;
+use datajob_operator::controller::events::{Note, Publisher};
+use datajob_operator::domain::{self, Observation, PoolView};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::support::{TestNamespace, watch};
-use super::{Bench, PHASE_LIMIT, cpu_seconds, datajob_manifest, job_manifest, job_running};
+use super::{Bench, PHASE_LIMIT, datajob_manifest, job_manifest, job_running};
 
 /// The name of the Job and of the DataJob the requests write to.
 const NAME: &str = "cost";
@@ -43,8 +50,6 @@ const POD: &str = "cost-pod";
 const POD_FINALIZER: &str = "datajob.dev/result";
 /// Requests per case in one block.
 const BLOCK: usize = 100;
-/// How long the control plane's idle CPU is measured.
-const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// The operator's field manager for status (as `controller::kube_util` applies it).
 const STATUS_MANAGER: &str = "datajob-operator";
 
@@ -131,18 +136,34 @@ struct Targets {
     pending_cancellation_small: Value,
     pods: Api<Pod>,
     events: Api<Event>,
-    /// A reference to the DataJob, for events about it.
-    regarding: ObjectReference,
+    /// The event the operator publishes when it sees the cancel request.
+    event: Event,
 }
 
-/// What the operator decides for a running job whose cancel request it sees.
-fn pending_cancellation(mut status: DataJobStatus) -> DataJobStatus {
-    status.state = Some(JobState::PendingCancellation);
-    for condition in &mut status.conditions {
-        condition.reason = "PendingCancellation".to_string();
-        condition.message = "waiting for the executor pods to terminate".to_string();
-    }
-    status
+/// What the operator decides ([`domain::decide`]) for the running job `running`, with its
+/// executor pods `pods`, once it sees the job's cancel request: its status and events.
+fn pending_cancellation(running: &DataJob, pods: Vec<domain::ObservedPod>) -> domain::Plan {
+    let mut spec = running.spec.clone();
+    spec.cancel = true;
+    let observation = Observation {
+        now: observe::now(),
+        name: running.name_any(),
+        uid: running.uid().expect("a stored DataJob's uid"),
+        // The cancel patch is a spec change.
+        generation: running.metadata.generation.unwrap_or(1) + 1,
+        spec,
+        status: running.status.clone().expect("a running job's status"),
+        pods,
+        pool: PoolView::NotRequested,
+        rejection: None,
+        create_refusal: None,
+        nodes: Default::default(),
+        refusal: None,
+        arrival: None,
+    };
+    let plan = domain::decide(&observation);
+    assert_eq!(plan.status.state, Some(JobState::PendingCancellation));
+    plan
 }
 
 /// `status` with conditions that carry no `observedGeneration` (the status has one) and no
@@ -172,10 +193,10 @@ impl Bench {
     pub(super) async fn request_cost(&self, rounds: usize) {
         let namespace = TestNamespace::new(&self.client, "cost").await;
         let targets = self.targets(namespace.name()).await;
-        let processes = Processes::measure(self.control_plane.clone()).await;
+        let idle = self.idle_control_plane_cpu().await;
         eprintln!(
             "request cost: kube-apiserver and etcd use {:.1} ms of CPU a second when idle",
-            processes.idle * 1000.0
+            idle * 1000.0
         );
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let with_rules = crds.get("datajobs.datajob.dev").await.expect("DataJob CRD");
@@ -191,7 +212,8 @@ impl Bench {
                 }
                 for (case, costs) in &mut costs {
                     if case.needs_rules() != Some(!rules) {
-                        targets.block(*case, &processes, costs).await;
+                        let cpu = || self.control_plane_cpu();
+                        targets.block(*case, cpu, idle, costs).await;
                     }
                 }
                 if !rules {
@@ -224,6 +246,11 @@ impl Bench {
         })
         .await;
         drop(operator);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let executor_pods = observe::live_pods(&pods, &running)
+            .await
+            .expect("list the DataJob's executor pods");
+        let plan = pending_cancellation(&running, executor_pods);
         let status: DataJobStatus = running.status.clone().expect("a running job's status");
         // A second DataJob holds the smaller form of the same status, written as the operator
         // writes it.
@@ -239,81 +266,75 @@ impl Bench {
             )
             .await
             .expect("write the smaller status");
-        let pending_cancellation = pending_cancellation(status);
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         pods.create(&PostParams::default(), &pod(POD, true))
             .await
             .expect("create Pod");
+        // Published as the operator's apply publishes a decided event.
+        let decided = plan.events.first().expect("the event of the state change");
+        let event = Publisher::new(self.client.clone(), OPERATOR_NAME, None).event(
+            &running.object_ref(&()),
+            &Note {
+                kind: decided.kind,
+                reason: decided.reason.as_str(),
+                action: "Reconcile",
+                message: &decided.message,
+            },
+        );
         Targets {
             pods,
             events: Api::namespaced(self.client.clone(), namespace),
-            regarding: running.object_ref(&()),
+            event,
             jobs,
             datajobs,
-            pending_cancellation: status_apply(NAME, namespace, pending_cancellation.clone()),
-            pending_cancellation_small: status_apply(
-                SMALL,
-                namespace,
-                smaller(pending_cancellation),
-            ),
+            pending_cancellation: status_apply(NAME, namespace, plan.status.clone()),
+            pending_cancellation_small: status_apply(SMALL, namespace, smaller(plan.status)),
         }
     }
 }
 
 impl Targets {
     /// Sends `BLOCK` requests of `case` in a row; records their latencies and the CPU per
-    /// request that `processes` used meanwhile.
-    /// `idle` is what they use per second without requests (kwok's node heartbeats, the
-    /// controllers' watches), subtracted.
-    async fn block(&self, case: Case, processes: &Processes, costs: &mut Costs) {
-        let before = processes.cpu();
+    /// request the control plane used meanwhile (`cpu`: its CPU seconds so far), less `idle`
+    /// (what it uses per second without requests: kwok's node heartbeats, the watches).
+    async fn block(&self, case: Case, cpu: impl Fn() -> f64, idle: f64, costs: &mut Costs) {
+        let before = cpu();
         let started = Instant::now();
         for _ in 0..BLOCK {
             let start = Instant::now();
             self.send(case).await;
             costs.latencies.push(start.elapsed());
         }
-        let used = processes.cpu() - before - processes.idle * started.elapsed().as_secs_f64();
+        let used = cpu() - before - idle * started.elapsed().as_secs_f64();
         costs.cpu_ms_per_request.push(used * 1000.0 / BLOCK as f64);
     }
 
     async fn send(&self, case: Case) {
-        let merge = PatchParams {
-            dry_run: true,
-            ..PatchParams::default()
-        };
         let dry_run = PostParams {
             dry_run: true,
             ..PostParams::default()
         };
         let result = match case {
-            Case::JobSuspend => self
-                .jobs
-                .patch(
+            Case::JobSuspend => {
+                dry_merge(
+                    &self.jobs,
                     NAME,
-                    &merge,
-                    &Patch::Merge(json!({ "spec": { "suspend": true } })),
+                    json!({ "spec": { "suspend": true } }),
+                    false,
                 )
                 .await
-                .map(drop),
-            Case::JobStatus => self
-                .jobs
-                .patch_status(
+            }
+            Case::JobStatus => {
+                dry_merge(&self.jobs, NAME, json!({ "status": { "ready": 0 } }), true).await
+            }
+            Case::DataJobCancel | Case::DataJobCancelNoRules => {
+                dry_merge(
+                    &self.datajobs,
                     NAME,
-                    &merge,
-                    &Patch::Merge(json!({ "status": { "ready": 0 } })),
+                    json!({ "spec": { "cancel": true } }),
+                    false,
                 )
                 .await
-                .map(drop),
-            Case::DataJobCancel | Case::DataJobCancelNoRules => self
-                .datajobs
-                .patch(
-                    NAME,
-                    &merge,
-                    &Patch::Merge(json!({ "spec": { "cancel": true } })),
-                )
-                .await
-                .map(drop),
+            }
             Case::DataJobStatus | Case::DataJobStatusNoRules | Case::DataJobStatusSmall => {
                 let mut apply = PatchParams::apply(STATUS_MANAGER).force();
                 apply.dry_run = true;
@@ -343,49 +364,18 @@ impl Targets {
                 )
                 .await
                 .map(drop),
-            Case::PodFinalizerRemoval => self
-                .pods
-                .patch(
-                    POD,
-                    &merge,
-                    &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
-                )
-                .await
-                .map(drop),
-            Case::EventCreate => self.events.create(&dry_run, &self.event()).await.map(drop),
+            Case::PodFinalizerRemoval => dry_merge(&self.pods, POD, no_finalizers(), false).await,
+            Case::EventCreate => self.events.create(&dry_run, &self.event).await.map(drop),
         };
         if let Err(error) = result {
             panic!("{}: {error}", case.label());
         }
     }
 
-    /// An event about the DataJob, as the operator publishes one.
-    fn event(&self) -> Event {
-        Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{NAME}.cost")),
-                ..ObjectMeta::default()
-            },
-            action: Some("Reconcile".to_string()),
-            reason: Some("CancellationRequested".to_string()),
-            note: Some("cancellation requested; tearing down 1 executor pod(s)".to_string()),
-            type_: Some("Normal".to_string()),
-            event_time: Some(MicroTime(jiff::Timestamp::now())),
-            regarding: Some(self.regarding.clone()),
-            reporting_controller: Some("datajob.dev/operator".to_string()),
-            reporting_instance: Some("datajob-operator-bench".to_string()),
-            ..Event::default()
-        }
-    }
-
     /// Lets the pod go (its finalizer would keep the namespace).
     async fn release_pod(&self) {
         self.pods
-            .patch(
-                POD,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
-            )
+            .patch(POD, &PatchParams::default(), &Patch::Merge(no_finalizers()))
             .await
             .expect("remove the pod's finalizer");
     }
@@ -393,16 +383,34 @@ impl Targets {
     /// Whether the API server enforces the CRD's rules now: a dry-run change of the immutable
     /// `spec.dataPlane` is refused.
     async fn enforces_rules(&self) -> bool {
-        let params = PatchParams {
-            dry_run: true,
-            ..PatchParams::default()
-        };
         let change = json!({ "spec": { "dataPlane": "dp-other" } });
-        self.datajobs
-            .patch(NAME, &params, &Patch::Merge(change))
+        dry_merge(&self.datajobs, NAME, change, false)
             .await
             .is_err()
     }
+}
+
+/// A dry-run JSON merge patch of the object `name` (of its status when `status`).
+async fn dry_merge<K>(api: &Api<K>, name: &str, patch: Value, status: bool) -> kube::Result<()>
+where
+    K: Clone + DeserializeOwned + Debug,
+{
+    let params = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    let patch = Patch::Merge(patch);
+    let patched = if status {
+        api.patch_status(name, &params, &patch).await
+    } else {
+        api.patch(name, &params, &patch).await
+    };
+    patched.map(drop)
+}
+
+/// A merge patch that removes every finalizer.
+fn no_finalizers() -> Value {
+    json!({ "metadata": { "finalizers": null } })
 }
 
 /// A one-container pod (on no node: the cases do not need it to run), holding the result
@@ -460,29 +468,6 @@ async fn set_rules(
             "the API server did not pick up the DataJob CRD change within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// kube-apiserver and etcd (their pids), and the CPU they use per second when no request is
-/// sent.
-struct Processes {
-    pids: Vec<u32>,
-    idle: f64,
-}
-
-impl Processes {
-    /// Measures the idle CPU of the processes `pids` over `IDLE_WINDOW`.
-    async fn measure(pids: Vec<u32>) -> Self {
-        let mut processes = Processes { pids, idle: 0.0 };
-        let before = processes.cpu();
-        tokio::time::sleep(IDLE_WINDOW).await;
-        processes.idle = (processes.cpu() - before) / IDLE_WINDOW.as_secs_f64();
-        processes
-    }
-
-    /// CPU seconds they used so far.
-    fn cpu(&self) -> f64 {
-        self.pids.iter().map(|&pid| cpu_seconds(pid)).sum()
     }
 }
 

@@ -87,8 +87,8 @@ impl Publisher {
         });
     }
 
-    /// The event `note` regarding `regarding`, timed now.
-    fn event(&self, regarding: &ObjectReference, note: &Note<'_>) -> Event {
+    /// The event `note` regarding `regarding`, timed now: what [`Publisher::publish`] creates.
+    pub fn event(&self, regarding: &ObjectReference, note: &Note<'_>) -> Event {
         let now = jiff::Timestamp::now();
         let stamp = self
             .stamps
